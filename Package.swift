@@ -1,0 +1,53 @@
+// swift-tools-version: 6.1
+import PackageDescription
+
+/// ringback: full and incremental backups of Linux block devices.
+/// Layers (DESIGN.md §3): C shims at the bottom, then BlockIO (io_uring copy
+/// engine), BlockDevices (probing), Images (qcow2/raw, digests), Backup
+/// (the operations the CLI and daemon run), executables on top.
+let package = Package(
+    name: "ringback",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "ringback", targets: ["ringback"]),
+        .library(name: "Backup", targets: ["Backup"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/x-sheep/swift-property-based", from: "2.0.0"),
+    ],
+    targets: [
+        // Header-only shim: ioctl numbers, O_DIRECT and IOSQE_* flags that Swift
+        // cannot import as macros.
+        .systemLibrary(name: "CShim", path: "Sources/CShim"),
+        .systemLibrary(name: "CLiburing", path: "Sources/CLiburing", pkgConfig: "liburing",
+                       providers: [.apt(["liburing-dev"])]),
+        .systemLibrary(name: "CBlkid", path: "Sources/CBlkid", pkgConfig: "blkid",
+                       providers: [.apt(["libblkid-dev"])]),
+        .systemLibrary(name: "CXXHash", path: "Sources/CXXHash", pkgConfig: "libxxhash",
+                       providers: [.apt(["libxxhash-dev"])]),
+        .systemLibrary(name: "CZstd", path: "Sources/CZstd", pkgConfig: "libzstd",
+                       providers: [.apt(["libzstd-dev"])]),
+
+        .target(name: "BlockIO", dependencies: ["CLiburing", "CShim"]),
+        .target(name: "BlockDevices", dependencies: ["CBlkid", "CShim", "BlockIO"]),
+        .target(name: "Images", dependencies: ["CXXHash", "CZstd", "CShim", "BlockIO"]),
+        .target(name: "Backup", dependencies: ["BlockIO", "BlockDevices", "Images", "CShim"]),
+        .executableTarget(name: "ringback", dependencies: [
+            "Backup", "BlockDevices", "BlockIO", "Images",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ]),
+
+        // Loop devices, processes and the qemu-img oracles, for tests only.
+        .target(name: "TestSupport"),
+
+        .testTarget(name: "BlockIOTests", dependencies: [
+            "BlockIO", "TestSupport", .product(name: "PropertyBased", package: "swift-property-based"),
+        ]),
+        .testTarget(name: "BlockDevicesTests", dependencies: ["BlockDevices", "BlockIO", "TestSupport"]),
+        .testTarget(name: "ImagesTests", dependencies: [
+            "Images", "BlockIO", "TestSupport", .product(name: "PropertyBased", package: "swift-property-based"),
+        ]),
+        .testTarget(name: "BackupTests", dependencies: ["Backup", "BlockDevices", "BlockIO", "Images", "TestSupport"]),
+    ]
+)

@@ -1,0 +1,195 @@
+import Foundation
+
+/// Helpers for tests that run against the real kernel: processes, temporary
+/// directories and loop devices, each torn down even when a test fails.
+public enum Shell {
+    /// The outcome of a finished process.
+    public struct Result: Sendable {
+        public let status: Int32
+        public let stdout: String
+        public let stderr: String
+        public var succeeded: Bool { status == 0 }
+    }
+
+    public struct Failure: Error, CustomStringConvertible {
+        public let command: [String]
+        public let result: Result
+        public var description: String {
+            "\(command.joined(separator: " ")) exited \(result.status): \(result.stderr)\(result.stdout)"
+        }
+    }
+
+    /// Runs a program (looked up in PATH) and captures its output.
+    @discardableResult
+    public static func run(_ args: [String], stdin: String? = nil, environment: [String: String]? = nil) throws -> Result {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        p.arguments = args
+        if let environment {
+            p.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+        }
+        let out = Pipe(), err = Pipe()
+        p.standardOutput = out
+        p.standardError = err
+        let inPipe = Pipe()
+        p.standardInput = inPipe
+        try p.run()
+        if let stdin { inPipe.fileHandleForWriting.write(Data(stdin.utf8)) }
+        try? inPipe.fileHandleForWriting.close()
+        // Read both pipes concurrently so that neither fills up and blocks the child.
+        let group = DispatchGroup()
+        nonisolated(unsafe) var errData = Data()
+        group.enter()
+        DispatchQueue.global().async {
+            errData = err.fileHandleForReading.readDataToEndOfFile()
+            group.leave()
+        }
+        let outData = out.fileHandleForReading.readDataToEndOfFile()
+        group.wait()
+        p.waitUntilExit()
+        return Result(status: p.terminationStatus,
+                      stdout: String(decoding: outData, as: UTF8.self),
+                      stderr: String(decoding: errData, as: UTF8.self))
+    }
+
+    /// Runs a program and throws unless it exits 0; returns its stdout.
+    @discardableResult
+    public static func check(_ args: [String], stdin: String? = nil) throws -> String {
+        let r = try run(args, stdin: stdin)
+        guard r.succeeded else { throw Failure(command: args, result: r) }
+        return r.stdout
+    }
+
+    /// True when `program` is on PATH.
+    public static func has(_ program: String) -> Bool {
+        (try? run(["sh", "-c", "command -v \(program)"]).succeeded) ?? false
+    }
+}
+
+/// Facts about the machine that decide whether kernel-facing tests can run.
+public enum TestEnvironment {
+    public static var isRoot: Bool { geteuid() == 0 }
+    public static var hasLoopDevices: Bool { FileManager.default.fileExists(atPath: "/dev/loop-control") }
+    /// Root and loop devices: what the real-device tests need.
+    public static var canUseLoopDevices: Bool { isRoot && hasLoopDevices }
+    public static let loopSkipReason = "needs root and /dev/loop-control (real loop devices)"
+}
+
+/// A temporary directory removed on `remove()` or when released.
+public final class TemporaryDirectory: @unchecked Sendable {
+    public let path: String
+
+    public init(prefix: String = "ringback-test", under base: String = NSTemporaryDirectory()) throws {
+        let template = (base as NSString).appendingPathComponent("\(prefix).XXXXXX")
+        var bytes = Array(template.utf8CString)
+        guard let p = mkdtemp(&bytes) else {
+            throw CocoaError(.fileWriteUnknown, userInfo: [NSFilePathErrorKey: template])
+        }
+        path = String(cString: p)
+    }
+
+    public func file(_ name: String) -> String { (path as NSString).appendingPathComponent(name) }
+
+    public func remove() { try? FileManager.default.removeItem(atPath: path) }
+
+    deinit { remove() }
+}
+
+/// A loop device over a sparse backing file, detached when released (or by
+/// `detach()`), so that a failing test leaves nothing attached.
+public final class LoopDevice: @unchecked Sendable {
+    /// /dev/loopN
+    public let path: String
+    /// The backing file.
+    public let backingFile: String
+    private var attached = true
+
+    /// Creates a backing file of `size` bytes in `directory` and attaches it.
+    /// `sectorSize` sets the logical block size (512 or 4096); `directIO` turns
+    /// on the loop driver's direct I/O to the backing file.
+    public init(size: UInt64, in directory: String, name: String = "disk.img",
+                sectorSize: Int = 512, directIO: Bool = false, fill: Fill = .none) throws {
+        backingFile = (directory as NSString).appendingPathComponent(name)
+        try Shell.check(["truncate", "-s", String(size), backingFile])
+        try fill.apply(to: backingFile, size: size)
+        var args = ["losetup", "-f", "--show", "--sector-size", String(sectorSize)]
+        if directIO { args += ["--direct-io=on"] }
+        args.append(backingFile)
+        // losetup -f races with other tests attaching at the same moment; retry.
+        var last: Error?
+        for _ in 0..<5 {
+            do {
+                path = try Shell.check(args).trimmingCharacters(in: .whitespacesAndNewlines)
+                return
+            } catch { last = error; usleep(100_000) }
+        }
+        throw last!
+    }
+
+    /// Content written into the backing file before it is attached.
+    public enum Fill: Sendable {
+        case none
+        /// Random bytes over the whole size.
+        case random
+        /// Random bytes with every other `run`-sized stretch left zero.
+        case randomWithZeroRuns(run: UInt64)
+
+        func apply(to file: String, size: UInt64) throws {
+            switch self {
+            case .none: return
+            case .random:
+                try Shell.check(["sh", "-c", "head -c \(size) /dev/urandom | dd of=\(file) conv=notrunc status=none"])
+            case .randomWithZeroRuns(let run):
+                var offset: UInt64 = 0
+                var chunks: [String] = []
+                while offset < size {
+                    let n = min(run, size - offset)
+                    chunks.append("head -c \(n) /dev/urandom | dd of=\(file) bs=1 seek=\(offset) conv=notrunc status=none oflag=seek_bytes iflag=fullblock obs=1M")
+                    offset += 2 * run
+                }
+                try Shell.check(["sh", "-c", chunks.joined(separator: " && ")])
+            }
+        }
+    }
+
+    /// Writes `data` at `offset` through the device (O_DIRECT when aligned).
+    public func write(_ data: [UInt8], at offset: UInt64) throws {
+        let fd = open(path, O_WRONLY)
+        guard fd >= 0 else { throw POSIXError(POSIXErrorCode(rawValue: errno)!) }
+        defer { close(fd) }
+        let n = data.withUnsafeBytes { pwrite(fd, $0.baseAddress, $0.count, off_t(offset)) }
+        guard n == data.count else { throw POSIXError(.EIO) }
+        fsync(fd)
+    }
+
+    public func detach() {
+        guard attached else { return }
+        attached = false
+        for _ in 0..<10 {
+            if (try? Shell.run(["losetup", "-d", path]).succeeded) == true { break }
+            usleep(100_000)
+        }
+        try? FileManager.default.removeItem(atPath: backingFile)
+    }
+
+    deinit { detach() }
+}
+
+/// The oracles: qemu-img check/compare.
+public enum QemuImg {
+    /// `qemu-img check` output; throws when it reports errors or leaks.
+    @discardableResult
+    public static func check(_ image: String) throws -> String {
+        try Shell.check(["qemu-img", "check", image])
+    }
+
+    /// True when `qemu-img compare` says the two are identical (exit 0).
+    public static func identical(_ a: String, _ b: String, formatA: String? = nil, formatB: String? = nil) throws -> Bool {
+        var args = ["qemu-img", "compare"]
+        if let formatA { args += ["-f", formatA] }
+        if let formatB { args += ["-F", formatB] }
+        let r = try Shell.run(args + [a, b])
+        if r.status > 1 { throw Shell.Failure(command: args + [a, b], result: r) }
+        return r.status == 0
+    }
+}
