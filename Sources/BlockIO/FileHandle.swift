@@ -88,7 +88,14 @@ public final class BlockFile: @unchecked Sendable {
             physicalBlockSize = logicalBlockSize
         } else {
             close(fd)
-            throw SystemError(errno: ENODEV, "use \(path): it is not a block device or a regular file")
+            let what = switch fmt {
+            case S_IFCHR: "a character device"
+            case S_IFDIR: "a directory"
+            case S_IFIFO: "a pipe"
+            case S_IFSOCK: "a socket"
+            default: "of another kind"
+            }
+            throw SystemError(errno: ENODEV, "use \(path)", reason: "it is \(what), not a block device or a regular file")
         }
     }
 

@@ -12,13 +12,18 @@ public struct SystemError: Error, CustomStringConvertible, Equatable, Sendable {
     /// What was attempted, phrased to follow "cannot", e.g. "open /dev/sdb for reading".
     public let operation: String
 
-    public init(errno: Int32, _ operation: String) {
+    /// A reason that says more than strerror would, when there is one.
+    public let reason: String?
+
+    public init(errno: Int32, _ operation: String, reason: String? = nil) {
         self.errno = errno
         self.operation = operation
+        self.reason = reason
     }
 
     public var description: String {
-        "cannot \(operation): \(String(cString: strerror(errno))) (\(SystemError.name(of: errno)))"
+        if let reason { return "cannot \(operation): \(reason)" }
+        return "cannot \(operation): \(String(cString: strerror(errno))) (\(SystemError.name(of: errno)))"
     }
 
     /// The symbolic name of an errno value (EACCES, ENOENT, ...).

@@ -9,7 +9,10 @@
 #include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <linux/fs.h>
-#include <linux/io_uring.h>
+// liburing ships its own copy of the io_uring UAPI header; include that one so
+// that this module and CLiburing see one definition of struct io_uring_sqe.
+#include <linux/time_types.h>
+#include <liburing/io_uring.h>
 
 #ifndef O_DIRECT
 #define O_DIRECT 040000

@@ -89,11 +89,25 @@ public struct Qcow2Header: Equatable, Sendable {
 }
 
 /// A malformed or unsupported image.
-public enum ImageFormatError: Error, Equatable, CustomStringConvertible, Sendable {
+public indirect enum ImageFormatError: Error, Equatable, CustomStringConvertible, Sendable {
     case notQcow2
     case truncated(String)
     case corrupt(String)
     case unsupported(String)
+    /// The dirty bit is set: refcounts may be stale after a crash.
+    case notClosedCleanly
+    /// The backing file is missing, loops back into the chain, or the chain is too deep.
+    case unusableBackingFile(String)
+    /// A read or mapping request reaches past the virtual size.
+    case outOfRange(String)
+    /// One of the other errors, in the image at `path`.
+    case image(path: String, ImageFormatError)
+
+    /// The same error, naming the image it was found in (once).
+    public func inImage(_ path: String) -> ImageFormatError {
+        if case .image = self { return self }
+        return .image(path: path, self)
+    }
 
     public var description: String {
         switch self {
@@ -101,6 +115,22 @@ public enum ImageFormatError: Error, Equatable, CustomStringConvertible, Sendabl
         case .truncated(let why): "image is truncated: \(why)"
         case .corrupt(let why): "image is corrupt: \(why)"
         case .unsupported(let why): "unsupported image: \(why)"
+        case .notClosedCleanly:
+            "image was not closed cleanly (dirty bit set); repair it with 'qemu-img check -r all' first"
+        case .unusableBackingFile(let why): "image has an unusable backing file: \(why)"
+        case .outOfRange(let why): "request outside the image: \(why)"
+        case .image(let path, let error):
+            switch error {
+            case .notQcow2: "\(path) is not a qcow2 image (bad magic)"
+            case .truncated(let why): "image \(path) is truncated: \(why)"
+            case .corrupt(let why): "image \(path) is corrupt: \(why)"
+            case .unsupported(let why): "image \(path) is not supported: \(why)"
+            case .notClosedCleanly:
+                "image \(path) was not closed cleanly (dirty bit set); repair it with 'qemu-img check -r all' first"
+            case .unusableBackingFile(let why): "image \(path) has an unusable backing file: \(why)"
+            case .outOfRange(let why): "request outside image \(path): \(why)"
+            case .image: error.description
+            }
         }
     }
 }
@@ -127,7 +157,7 @@ public struct Qcow2Geometry: Equatable, Sendable {
     /// Entries in the L1 table.
     public var l1Entries: Int { Int((guestClusters + UInt64(l2Entries) - 1) / UInt64(l2Entries)) }
     /// Refcount entries in one refcount block.
-    public var refcountsPerBlock: Int { clusterSize * 8 >> refcountOrder }
+    public var refcountsPerBlock: Int { (clusterSize * 8) >> refcountOrder }
 
     /// (L1 index, L2 index) of a guest offset.
     public func indexes(of guestOffset: UInt64) -> (l1: Int, l2: Int) {

@@ -1,1 +1,14 @@
-print("ringback")
+import ArgumentParser
+
+/// The ringback command line: backups of Linux block devices.
+struct Ringback: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "ringback",
+        abstract: "Back up Linux block devices at device speed into qcow2 or raw images.",
+        discussion: "Full backups through io_uring with O_DIRECT, per-cluster digests, restore and verification.",
+        version: "0.1.0",
+        subcommands: [BackupCommand.self, RestoreCommand.self, VerifyCommand.self, Devices.self, BenchCommand.self]
+    )
+}
+
+Ringback.main()

@@ -1,0 +1,90 @@
+import BlockIO
+import Images
+
+/// Where a backup's clusters go.
+public enum BackupTarget {
+    /// A qcow2 image being written.
+    case qcow2(Qcow2Writer)
+    /// A raw image file: zero clusters become holes.
+    case rawFile(BlockFile)
+    /// A raw block device: every cluster is written, zeros included, since a
+    /// device has no holes to leave.
+    case rawDevice(BlockFile)
+}
+
+/// The sink of a full backup: per cluster it detects zeros, records the digest,
+/// and turns the chunk into the writes its image format needs.
+final class BackupSink: ChunkSink {
+    let target: BackupTarget
+    let clusterSize: Int
+    let deviceSize: UInt64
+    private(set) var digests: DigestFile
+    private(set) var zeroBytes: UInt64 = 0
+
+    init(target: BackupTarget, clusterSize: Int, deviceSize: UInt64) {
+        self.target = target
+        self.clusterSize = clusterSize
+        self.deviceSize = deviceSize
+        digests = DigestFile(clusterSize: clusterSize, deviceSize: deviceSize)
+    }
+
+    func plan(_ chunk: Chunk, data: UnsafeMutableRawBufferPointer) throws -> [PlannedWrite] {
+        let base = data.baseAddress!
+        let cs = clusterSize
+        let firstCluster = Int(chunk.offset / UInt64(cs))
+        let clusters = (chunk.length + cs - 1) / cs
+        var writes: [PlannedWrite] = []
+        var runStart = -1  // first cluster (within the chunk) of the current non-zero run
+
+        func closeRun(at end: Int) throws {
+            guard runStart >= 0 else { return }
+            let count = end - runStart
+            let src = UnsafeRawPointer(base + runStart * cs)
+            let guest = chunk.offset + UInt64(runStart * cs)
+            switch target {
+            case .qcow2(let writer):
+                if writer.compression == .none {
+                    let host = writer.allocate(guestCluster: UInt64(firstCluster + runStart), count: count)
+                    writes.append(PlannedWrite(targetOffset: host, source: src, length: count * cs))
+                } else {
+                    for i in 0..<count {
+                        let len = min(cs, chunk.length - (runStart + i) * cs)
+                        try writer.writeCompressed(guestCluster: UInt64(firstCluster + runStart + i),
+                                                   data: src + i * cs, count: len)
+                    }
+                }
+            case .rawFile(let file):
+                // The tail past the device end is cut off by the final truncate.
+                let bytes = min(count * cs, chunk.length - runStart * cs)
+                let align = file.logicalBlockSize
+                writes.append(PlannedWrite(targetOffset: guest, source: src, length: (bytes + align - 1) / align * align))
+            case .rawDevice:
+                break
+            }
+            runStart = -1
+        }
+
+        for i in 0..<clusters {
+            let len = min(cs, chunk.length - i * cs)
+            let p = base + i * cs
+            let zero = ZeroScan.isZero(p, count: len)
+            digests.set(cluster: firstCluster + i, DigestFile.digest(of: p, count: len, isZero: zero))
+            if zero {
+                zeroBytes += UInt64(len)
+                try closeRun(at: i)
+                if case .qcow2(let writer) = target { writer.markZero(guestCluster: UInt64(firstCluster + i)) }
+            } else if runStart < 0 {
+                runStart = i
+            }
+        }
+        try closeRun(at: clusters)
+        if case .rawDevice(let device) = target {
+            let align = device.logicalBlockSize
+            writes = [PlannedWrite(targetOffset: chunk.offset, source: base,
+                                   length: (chunk.length + align - 1) / align * align)]
+        }
+        return writes
+    }
+
+    func written(_ chunk: Chunk) {}
+}

@@ -1,0 +1,119 @@
+import Synchronization
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Steering and observation of a running copy from other threads: pause,
+/// cancel, speed, and progress in bytes. The engine thread polls it between
+/// submissions, so a pause or a new speed takes effect at the next chunk.
+public final class CopyControl: Sendable {
+    private let pausedFlag = Atomic<Bool>(false)
+    private let cancelledFlag = Atomic<Bool>(false)
+    private let speed = Atomic<UInt64>(0)
+    private let done = Atomic<UInt64>(0)
+    private let total = Atomic<UInt64>(0)
+    private let read = Atomic<UInt64>(0)
+
+    public init(speedLimit: UInt64 = 0) { speed.store(speedLimit, ordering: .relaxed) }
+
+    /// Stops issuing new reads; I/O in flight completes. Progress holds still.
+    public func pause() { pausedFlag.store(true, ordering: .releasing) }
+    public func resume() { pausedFlag.store(false, ordering: .releasing) }
+    public var isPaused: Bool { pausedFlag.load(ordering: .acquiring) }
+
+    /// Ends the copy at the next chunk with `CopyError.cancelled`.
+    public func cancel() { cancelledFlag.store(true, ordering: .releasing) }
+    public var isCancelled: Bool { cancelledFlag.load(ordering: .acquiring) }
+
+    /// Bytes per second; 0 = unlimited. Takes effect for the next chunk.
+    public var speedLimit: UInt64 {
+        get { speed.load(ordering: .relaxed) }
+        set { speed.store(newValue, ordering: .relaxed) }
+    }
+
+    /// Bytes whose chunks are completely copied (read and written).
+    public var bytesDone: UInt64 { done.load(ordering: .relaxed) }
+    /// Bytes read from the source so far (ahead of `bytesDone` by the chunks in flight).
+    public var bytesRead: UInt64 { read.load(ordering: .relaxed) }
+    /// Bytes the copy will read in all.
+    public var bytesTotal: UInt64 { total.load(ordering: .relaxed) }
+
+    /// Resets progress for a run of `bytes` (called by whoever drives the work).
+    public func start(total bytes: UInt64) {
+        total.store(bytes, ordering: .relaxed)
+        done.store(0, ordering: .relaxed)
+        read.store(0, ordering: .relaxed)
+    }
+    public func didRead(_ n: Int) { read.add(UInt64(n), ordering: .relaxed) }
+    public func didFinish(_ n: Int) { done.add(UInt64(n), ordering: .relaxed) }
+}
+
+/// What a finished copy did.
+public struct CopyStats: Equatable, Sendable {
+    /// Which engine ran: "io_uring" or "sync".
+    public var engine: String
+    public var bytesRead: UInt64 = 0
+    public var bytesWritten: UInt64 = 0
+    public var seconds: Double = 0
+    /// Why io_uring was not used, when the automatic choice fell back.
+    public var fallbackReason: String?
+    public init(engine: String) { self.engine = engine }
+}
+
+/// A copy that did not complete.
+public enum CopyError: Error, CustomStringConvertible, Equatable, Sendable {
+    case cancelled
+    /// A read failed; carries the device offset.
+    case read(SystemError, offset: UInt64)
+    /// A write failed; carries the target offset.
+    case write(SystemError, offset: UInt64)
+    /// The source ended before its size said it would.
+    case unexpectedEnd(path: String, offset: UInt64)
+    /// The sink refused a chunk (e.g. the image writer failed).
+    case sink(String)
+    /// io_uring was required but refused.
+    case ioUringUnavailable(SystemError)
+
+    public var description: String {
+        switch self {
+        case .cancelled: "copy cancelled"
+        case .read(let e, _): e.description
+        case .write(let e, _): e.description
+        case .unexpectedEnd(let path, let offset): "\(path) ended unexpectedly at offset \(offset)"
+        case .sink(let why): why
+        case .ioUringUnavailable(let e): "io_uring is unavailable: \(e)"
+        }
+    }
+}
+
+/// Paces reads to a speed limit: the n-th byte is not issued before
+/// n / speed seconds after the limit was set (as QEMU's ratelimit does).
+struct RateLimiter {
+    private var speed: UInt64 = 0
+    private var start: Double = 0
+    private var issued: UInt64 = 0
+
+    /// Seconds to wait before `bytes` more may be issued (0: go now).
+    mutating func delay(for bytes: Int, speed newSpeed: UInt64, now: Double) -> Double {
+        if newSpeed != speed { speed = newSpeed; start = now; issued = 0 }
+        guard speed > 0 else { return 0 }
+        let due = start + Double(issued) / Double(speed)
+        return max(0, due - now)
+    }
+
+    mutating func issue(_ bytes: Int) { issued += UInt64(bytes) }
+}
+
+/// Monotonic seconds.
+func monotonicNow() -> Double {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
+}
+
+func sleepSeconds(_ s: Double) {
+    guard s > 0 else { return }
+    var request = timespec(tv_sec: Int(s), tv_nsec: Int((s - Double(Int(s))) * 1e9))
+    var remaining = timespec()
+    while nanosleep(&request, &remaining) != 0 && errno == EINTR { request = remaining }
+}

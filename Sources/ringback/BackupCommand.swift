@@ -1,0 +1,182 @@
+import ArgumentParser
+import Backup
+import BlockIO
+import Foundation
+import Images
+
+extension ImageFormatChoice: ExpressibleByArgument {}
+extension EngineChoice: ExpressibleByArgument {}
+
+struct BackupCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "backup",
+        abstract: "Take a full backup of a block device into a qcow2 or raw image.",
+        discussion: """
+            Reads DEVICE with O_DIRECT through io_uring and writes the image at PATH, plus a
+            per-cluster digest file PATH.digests used by `ringback verify`. All-zero clusters
+            are not written. The image appears under its name only once it is complete and synced.
+
+            Example: ringback backup /dev/sdb --to /backup/sdb.qcow2
+            """)
+
+    @Argument(help: "The block device (or file) to back up.")
+    var device: String
+
+    @Option(name: .long, help: "Path of the image to write.")
+    var to: String
+
+    @Option(help: "Image format: qcow2 or raw.")
+    var format: ImageFormatChoice = .qcow2
+
+    @Option(help: "Cluster size: a power of two from 512 bytes to 2M (e.g. 64K).")
+    var clusterSize: ByteCount = ByteCount(argument: "64K")!
+
+    @Option(help: "Bytes per read, a multiple of the cluster size (e.g. 1M).")
+    var chunkSize: ByteCount = ByteCount(argument: "1M")!
+
+    @Option(help: "Chunks in flight at once.")
+    var queueDepth: Int = 32
+
+    @Option(help: "Speed limit in bytes per second (e.g. 100M); 0 for none.")
+    var speed: ByteCount = ByteCount(argument: "0")!
+
+    @Option(help: "Compress qcow2 clusters: zstd.")
+    var compress: String?
+
+    @Option(help: "I/O engine: auto (io_uring, else pread/pwrite), io_uring, or sync.")
+    var engine: EngineChoice = .automatic
+
+    @Flag(help: "Replace an existing image file.")
+    var force = false
+
+    @Flag(help: "Print one JSON summary object instead of text.")
+    var json = false
+
+    func run() throws {
+        var request = BackupRequest(device: device, target: to)
+        request.format = format
+        request.force = force
+        request.options.clusterSize = Int(clusterSize.value)
+        request.options.chunkSize = Int(chunkSize.value)
+        request.options.queueDepth = queueDepth
+        request.options.speedLimit = speed.value
+        request.options.engine = engine
+        if let compress {
+            guard compress == "zstd" else { fail("unknown compression '\(compress)': only zstd is supported") }
+            request.compression = .zstd
+        }
+        let control = CopyControl(speedLimit: speed.value)
+        let bar = ProgressBar(control: control, label: "backup", enabled: !json && isatty(2) != 0)
+        bar.start()
+        let summary: BackupSummary
+        do {
+            summary = try FullBackup.run(request, control: control, warn: { warn($0) })
+        } catch {
+            bar.stop()
+            fail("backup of \(device) failed: \(error)")
+        }
+        bar.stop()
+        if json {
+            printJSON(summary)
+        } else {
+            print("""
+                backup of \(summary.device) complete: \(summary.image) (\(summary.format), \(formatBytes(summary.size)))
+                  read \(formatBytes(summary.bytesRead)), wrote \(formatBytes(summary.bytesWritten)), \
+                skipped \(formatBytes(summary.zeroBytes)) of zeros
+                  \(String(format: "%.2f", summary.seconds)) s, \(String(format: "%.1f", summary.mbPerSecond)) MB/s via \(summary.engine)
+                  digests: \(summary.digests)
+                """)
+        }
+    }
+}
+
+struct RestoreCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "restore",
+        abstract: "Write an image back to a block device or a file.",
+        discussion: """
+            Checks the image's tables, and its content against IMAGE.digests when present, before
+            writing anything. Refuses a mounted device, a device smaller than the image, and an
+            existing file unless --force.
+
+            Example: ringback restore /backup/sdb.qcow2 --to /dev/sdc
+            """)
+
+    @Argument(help: "The image to restore (qcow2 or raw).")
+    var image: String
+
+    @Option(name: .long, help: "The device or file to write.")
+    var to: String
+
+    @Flag(help: "Overwrite an existing file target.")
+    var force = false
+
+    @Flag(help: "Skip checking the image against its digest file first.")
+    var noVerify = false
+
+    @Flag(help: "Print one JSON summary object.")
+    var json = false
+
+    func run() throws {
+        let control = CopyControl()
+        let bar = ProgressBar(control: control, label: "restore", enabled: !json && isatty(2) != 0)
+        bar.start()
+        let summary: RestoreSummary
+        do {
+            summary = try Restore.run(image: image, to: to, force: force, verifyFirst: !noVerify, progress: control)
+        } catch {
+            bar.stop()
+            fail("restore of \(image) failed: \(error)")
+        }
+        bar.stop()
+        if json { printJSON(summary); return }
+        print("restored \(image) to \(to): \(formatBytes(summary.size)), wrote \(formatBytes(summary.bytesWritten)) "
+              + "in \(String(format: "%.2f", summary.seconds)) s"
+              + (summary.verifiedFirst ? " (image checked against its digests first)" : ""))
+    }
+}
+
+struct VerifyCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "verify",
+        abstract: "Check an image against its digest file, or bit for bit against a device.",
+        discussion: """
+            Exit status: 0 the image is good; 1 it differs (the clusters are named); 2 it could
+            not be checked (unreadable, corrupt tables, missing digest file).
+
+            Examples: ringback verify /backup/sdb.qcow2
+                      ringback verify /backup/sdb.qcow2 --against /dev/sdb
+            """)
+
+    @Argument(help: "The image to check.")
+    var image: String
+
+    @Option(help: "Compare with this device or file instead of the digest file.")
+    var against: String?
+
+    @Flag(help: "Print one JSON report object.")
+    var json = false
+
+    func run() throws {
+        let control = CopyControl()
+        let bar = ProgressBar(control: control, label: "verify", enabled: !json && isatty(2) != 0)
+        bar.start()
+        let report: VerifyReport
+        do {
+            if let against {
+                report = try Verify.againstDevice(image: image, device: against, progress: control)
+            } else {
+                report = try Verify.againstDigests(image: image, progress: control)
+            }
+        } catch {
+            bar.stop()
+            fail("cannot verify \(image): \(error)", code: 2)
+        }
+        bar.stop()
+        if json { printJSON(report) } else {
+            let what = against.map { "against \($0)" } ?? "against its digests"
+            print("\(image) \(report.ok ? "OK" : "DIFFERS") \(what): \(report.summary)")
+        }
+        if !report.ok { throw ExitCode(1) }
+    }
+}
