@@ -29,7 +29,8 @@ public struct BackupRequest: Sendable {
 public struct BackupSummary: Codable, Sendable {
     public var device: String
     public var image: String
-    public var digests: String
+    /// The digest file; none for a raw backup onto a block device.
+    public var digests: String?
     public var format: String
     public var engine: String
     public var size: UInt64
@@ -111,7 +112,7 @@ public enum FullBackup {
             case .rawDevice: break
             }
             if !targetIsDevice { try AtomicFile.rename(partial, to: image) }
-            try sink.digests.write(to: DigestFile.path(forImage: image))
+            if !targetIsDevice { try sink.digests.write(to: DigestFile.path(forImage: image)) }
         } catch {
             if !targetIsDevice { unlink(partial) }
             throw error
@@ -119,7 +120,7 @@ public enum FullBackup {
         var written = stats.bytesWritten
         if case .qcow2(let writer) = target { written += writer.bytesWritten }
         return BackupSummary(
-            device: request.device, image: image, digests: DigestFile.path(forImage: image),
+            device: request.device, image: image, digests: targetIsDevice ? nil : DigestFile.path(forImage: image),
             format: request.format.rawValue, engine: stats.engine, size: size, clusterSize: cs,
             bytesRead: stats.bytesRead, bytesWritten: written,
             zeroBytes: sink.zeroBytes, seconds: stats.seconds,

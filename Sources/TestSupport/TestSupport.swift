@@ -135,19 +135,30 @@ public final class LoopDevice: @unchecked Sendable {
         case randomWithZeroRuns(run: UInt64)
 
         func apply(to file: String, size: UInt64) throws {
+            let regions: [(UInt64, UInt64)]
             switch self {
             case .none: return
-            case .random:
-                try Shell.check(["sh", "-c", "head -c \(size) /dev/urandom | dd of=\(file) conv=notrunc status=none"])
+            case .random: regions = [(0, size)]
             case .randomWithZeroRuns(let run):
-                var offset: UInt64 = 0
-                var chunks: [String] = []
-                while offset < size {
-                    let n = min(run, size - offset)
-                    chunks.append("head -c \(n) /dev/urandom | dd of=\(file) bs=1 seek=\(offset) conv=notrunc status=none oflag=seek_bytes iflag=fullblock obs=1M")
-                    offset += 2 * run
-                }
-                try Shell.check(["sh", "-c", chunks.joined(separator: " && ")])
+                regions = stride(from: UInt64(0), to: size, by: Int(2 * run)).map { ($0, min(run, size - $0)) }
+            }
+            try writeRandom(regions: regions, to: file)
+        }
+    }
+
+    /// Writes bytes from /dev/urandom over each (offset, length) region of a file.
+    public static func writeRandom(regions: [(UInt64, UInt64)], to file: String) throws {
+        guard let out = FileHandle(forWritingAtPath: file), let rnd = FileHandle(forReadingAtPath: "/dev/urandom") else {
+            throw CocoaError(.fileWriteUnknown, userInfo: [NSFilePathErrorKey: file])
+        }
+        defer { try? out.close(); try? rnd.close() }
+        for (offset, length) in regions {
+            try out.seek(toOffset: offset)
+            var left = length
+            while left > 0 {
+                let n = Int(min(left, 4 << 20))
+                out.write(rnd.readData(ofLength: n))
+                left -= UInt64(n)
             }
         }
     }
@@ -173,6 +184,30 @@ public final class LoopDevice: @unchecked Sendable {
     }
 
     deinit { detach() }
+}
+
+/// The `ringback` executable built next to the tests.
+public enum RingbackBinary {
+    /// $RINGBACK_BIN, else `ringback` beside the test bundle, else the package's .build/debug.
+    public static var path: String {
+        if let p = ProcessInfo.processInfo.environment["RINGBACK_BIN"] { return p }
+        let exe = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath()
+        var dir = exe.deletingLastPathComponent()
+        for _ in 0..<4 {
+            let candidate = dir.appendingPathComponent("ringback").path
+            if FileManager.default.isExecutableFile(atPath: candidate) { return candidate }
+            dir = dir.deletingLastPathComponent()
+        }
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent()
+        return root.appendingPathComponent(".build/debug/ringback").path
+    }
+
+    /// Runs `ringback ARGS...`.
+    @discardableResult
+    public static func run(_ args: [String], environment: [String: String]? = nil) throws -> Shell.Result {
+        try Shell.run([path] + args, environment: environment)
+    }
 }
 
 /// The oracles: qemu-img check/compare.

@@ -84,7 +84,7 @@ struct BackupCommand: ParsableCommand {
                   read \(formatBytes(summary.bytesRead)), wrote \(formatBytes(summary.bytesWritten)), \
                 skipped \(formatBytes(summary.zeroBytes)) of zeros
                   \(String(format: "%.2f", summary.seconds)) s, \(String(format: "%.1f", summary.mbPerSecond)) MB/s via \(summary.engine)
-                  digests: \(summary.digests)
+                  digests: \(summary.digests ?? "none (raw copy onto a device)")
                 """)
         }
     }
