@@ -70,8 +70,12 @@ public enum Shell {
 public enum TestEnvironment {
     public static var isRoot: Bool { geteuid() == 0 }
     public static var hasLoopDevices: Bool { FileManager.default.fileExists(atPath: "/dev/loop-control") }
-    /// Root and loop devices: what the real-device tests need.
-    public static var canUseLoopDevices: Bool { isRoot && hasLoopDevices }
+    /// Set by scripts/test.sh under CI as root: a missing facility must fail the
+    /// tests that need it, not skip them.
+    public static var rootTestsRequired: Bool { ProcessInfo.processInfo.environment["RINGBACK_REQUIRE_ROOT_TESTS"] == "1" }
+    /// Root and loop devices: what the real-device tests need (or a CI run that
+    /// demands them, so that their absence fails loudly).
+    public static var canUseLoopDevices: Bool { (isRoot && hasLoopDevices) || rootTestsRequired }
     public static let loopSkipReason = "needs root and /dev/loop-control (real loop devices)"
 }
 

@@ -75,8 +75,9 @@ struct BenchCommand: ParsableCommand {
                               ringbackBackupMBs: backupMBs, fioReadMBs: fio, ddReadMBs: dd)
         if json { printJSON(results); return }
         func row(_ name: String, _ v: Double?) -> String {
-            guard let v else { return String(format: "  %-34@ %10@", name, "n/a") }
-            return String(format: "  %-34@ %10.1f MB/s", name, v)
+            let label = "  " + name.padding(toLength: 38, withPad: " ", startingAt: 0)
+            guard let v else { return label + "       n/a (not installed)" }
+            return label + String(format: "%10.1f MB/s", v)
         }
         print("bench of \(device), \(formatBytes(bytes)), target \(target):")
         print(row("ringback read (\(read.engine))", readMBs))

@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# Installs what building and testing ringback needs on Debian 12, and checks
+# that a Swift 6 toolchain is there. Idempotent: when every package is already
+# installed it changes nothing and does not touch the network.
+#
+#   bash scripts/setup.sh
+#
+# Exit status 0 when everything needed is present afterwards, 1 otherwise (the
+# message says what is missing).
+set -euo pipefail
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+# Build: the C libraries behind the CLiburing/CBlkid/CXXHash/CZstd targets and
+# pkg-config to find them. Tests and demo: the oracles and the tools that make
+# real devices and filesystems (DESIGN.md §13).
+packages=(
+    liburing-dev libblkid-dev libxxhash-dev libzstd-dev zlib1g-dev pkg-config
+    qemu-utils fio e2fsprogs util-linux fdisk xfsprogs python3
+)
+
+if ! command -v dpkg-query >/dev/null 2>&1 || ! command -v apt-get >/dev/null 2>&1; then
+    rb_die "setup.sh installs with apt-get on Debian 12; install by hand: ${packages[*]}"
+fi
+
+missing=()
+for p in "${packages[@]}"; do
+    if [[ $(dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null) != installed ]]; then
+        missing+=("$p")
+    fi
+done
+
+if ((${#missing[@]} > 0)); then
+    rb_say "setup: installing ${missing[*]}"
+    sudo=()
+    if ((EUID != 0)); then
+        command -v sudo >/dev/null 2>&1 ||
+            rb_die "not root and no sudo: as root, run apt-get install ${missing[*]}"
+        sudo=(sudo)
+    fi
+    # Another apt may be running (unattended-upgrades, a second session): wait
+    # for its lock rather than fail.
+    apt_opts=(-o DPkg::Lock::Timeout=600 -o Acquire::Retries=3)
+    "${sudo[@]}" apt-get "${apt_opts[@]}" update -qq
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
+        apt-get "${apt_opts[@]}" install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# What the packages are for, checked by use rather than by name.
+problems=()
+for module in liburing blkid libxxhash libzstd zlib; do
+    pkg-config --exists "$module" || problems+=("pkg-config module $module")
+done
+for tool in qemu-img fio losetup mkfs.ext4 mkfs.xfs sfdisk partx python3; do
+    command -v "$tool" >/dev/null 2>&1 || problems+=("command $tool")
+done
+
+if ! rb_find_swift; then
+    problems+=("swift (not on PATH and not in $RB_SWIFT_HOME; install a Swift 6 toolchain for Linux and put its usr/bin on PATH)")
+else
+    swift_version=$(swift --version 2>&1 | sed -n 's/.*Swift version \([0-9][0-9.]*\).*/\1/p' | head -n1)
+    if [[ -z $swift_version ]]; then
+        problems+=("swift (\`swift --version\` did not print a version)")
+    elif ((${swift_version%%.*} < 6)); then
+        problems+=("Swift 6.x (found $swift_version at $(command -v swift))")
+    fi
+fi
+
+if ((${#problems[@]} > 0)); then
+    for p in "${problems[@]}"; do
+        printf 'setup: missing: %s\n' "$p" >&2
+    done
+    exit 1
+fi
+
+# Facilities that the root tests use; their absence is reported, not fatal,
+# because building and the unprivileged tests work without them.
+notes=()
+((EUID == 0)) || notes+=("not root: loop-device tests will skip")
+if [[ ! -e /dev/loop-control ]] && ((EUID == 0)); then
+    modprobe loop 2>/dev/null || true
+fi
+[[ -e /dev/loop-control ]] || notes+=("no /dev/loop-control: loop-device tests will skip")
+if [[ -r /proc/sys/kernel/io_uring_disabled ]] && [[ $(</proc/sys/kernel/io_uring_disabled) != 0 ]]; then
+    notes+=("io_uring is disabled (kernel.io_uring_disabled=$(</proc/sys/kernel/io_uring_disabled)): the pread/pwrite fallback will be used")
+fi
+
+swift_dir=$(dirname "$(command -v swift)")
+rb_say "setup: ok (Swift $swift_version in $swift_dir, ${#packages[@]} Debian packages present)"
+if [[ ${RB_SWIFT_ADDED:-0} == 1 ]]; then
+    notes+=("swift is not on your PATH; the scripts add $RB_SWIFT_HOME themselves (for your shell: export PATH=\"\$PATH:$RB_SWIFT_HOME\")")
+fi
+for n in "${notes[@]}"; do
+    rb_say "setup: note: $n"
+done
