@@ -28,10 +28,12 @@ let package = Package(
                        providers: [.apt(["libxxhash-dev"])]),
         .systemLibrary(name: "CZstd", path: "Sources/CZstd", pkgConfig: "libzstd",
                        providers: [.apt(["libzstd-dev"])]),
+        .systemLibrary(name: "CZlib", path: "Sources/CZlib", pkgConfig: "zlib",
+                       providers: [.apt(["zlib1g-dev"])]),
 
         .target(name: "BlockIO", dependencies: ["CLiburing", "CShim"]),
         .target(name: "BlockDevices", dependencies: ["CBlkid", "CShim", "BlockIO"]),
-        .target(name: "Images", dependencies: ["CXXHash", "CZstd", "CShim", "BlockIO"]),
+        .target(name: "Images", dependencies: ["CXXHash", "CZstd", "CZlib", "CShim", "BlockIO"]),
         .target(name: "Backup", dependencies: ["BlockIO", "BlockDevices", "Images", "CShim"]),
         .executableTarget(name: "ringback", dependencies: [
             "Backup", "BlockDevices", "BlockIO", "Images",
