@@ -34,6 +34,8 @@ let package = Package(
         .target(name: "BlockIO", dependencies: ["CLiburing", "CShim"]),
         .target(name: "BlockDevices", dependencies: ["CBlkid", "CShim", "BlockIO"]),
         .target(name: "Images", dependencies: ["CXXHash", "CZstd", "CZlib", "CShim", "BlockIO"]),
+        .target(name: "DirtyBitmaps", dependencies: ["BlockIO"]),
+        .target(name: "WriteTracking", dependencies: ["BlockIO", "BlockDevices"]),
         .target(name: "Backup", dependencies: ["BlockIO", "BlockDevices", "Images", "CShim"]),
         .executableTarget(name: "ringback", dependencies: [
             "Backup", "BlockDevices", "BlockIO", "Images",
@@ -50,6 +52,10 @@ let package = Package(
         .testTarget(name: "ImagesTests", dependencies: [
             "Images", "BlockIO", "TestSupport", .product(name: "PropertyBased", package: "swift-property-based"),
         ]),
+        .testTarget(name: "DirtyBitmapsTests", dependencies: [
+            "DirtyBitmaps", "BlockIO", "TestSupport", .product(name: "PropertyBased", package: "swift-property-based"),
+        ]),
+        .testTarget(name: "WriteTrackingTests", dependencies: ["WriteTracking", "BlockIO", "BlockDevices", "TestSupport"]),
         .testTarget(name: "BackupTests", dependencies: ["Backup", "BlockDevices", "BlockIO", "Images", "TestSupport"]),
     ]
 )

@@ -1,0 +1,1 @@
+// The QEMU dirty-bitmap model (DESIGN §6): see DirtyBitmap.swift.
