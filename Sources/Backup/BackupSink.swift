@@ -12,20 +12,33 @@ public enum BackupTarget {
     case rawDevice(BlockFile)
 }
 
-/// The sink of a full backup: per cluster it detects zeros, records the digest,
+/// The sink of a backup: per cluster it detects zeros, records the digest,
 /// and turns the chunk into the writes its image format needs.
+///
+/// With a baseline (the digests of the previous backup in the chain) the new
+/// digest file starts as a copy of it; with `skipUnchanged` (the digest
+/// rescan) a cluster whose digest equals the baseline's is left out of the
+/// image, so that it reads through to the backing file.
 final class BackupSink: ChunkSink {
     let target: BackupTarget
     let clusterSize: Int
     let deviceSize: UInt64
+    let skipUnchanged: Bool
+    private let baseline: DigestFile?
     private(set) var digests: DigestFile
     private(set) var zeroBytes: UInt64 = 0
+    /// Bytes of clusters left out because they equal the baseline.
+    private(set) var unchangedBytes: UInt64 = 0
 
-    init(target: BackupTarget, clusterSize: Int, deviceSize: UInt64) {
+    init(target: BackupTarget, clusterSize: Int, deviceSize: UInt64, baseline: DigestFile? = nil,
+         skipUnchanged: Bool = false) {
+        precondition(!skipUnchanged || baseline != nil)
         self.target = target
         self.clusterSize = clusterSize
         self.deviceSize = deviceSize
-        digests = DigestFile(clusterSize: clusterSize, deviceSize: deviceSize)
+        self.baseline = baseline
+        self.skipUnchanged = skipUnchanged
+        digests = baseline ?? DigestFile(clusterSize: clusterSize, deviceSize: deviceSize)
     }
 
     func plan(_ chunk: Chunk, data: UnsafeMutableRawBufferPointer) throws -> [PlannedWrite] {
@@ -68,7 +81,13 @@ final class BackupSink: ChunkSink {
             let len = min(cs, chunk.length - i * cs)
             let p = base + i * cs
             let zero = ZeroScan.isZero(p, count: len)
-            digests.set(cluster: firstCluster + i, DigestFile.digest(of: p, count: len, isZero: zero))
+            let digest = DigestFile.digest(of: p, count: len, isZero: zero)
+            if skipUnchanged, let baseline, baseline.digest(cluster: firstCluster + i) == digest {
+                unchangedBytes += UInt64(len)
+                try closeRun(at: i)
+                continue
+            }
+            digests.set(cluster: firstCluster + i, digest)
             if zero {
                 zeroBytes += UInt64(len)
                 try closeRun(at: i)

@@ -65,6 +65,9 @@ public enum FullBackup {
     public static func run(_ request: BackupRequest, control: CopyControl = CopyControl(),
                            warn: (String) -> Void = { _ in }) throws -> BackupSummary {
         do { try request.options.validate() } catch { throw BackupError("\(error)") }
+        if request.compression != .none && request.format != .qcow2 {
+            throw BackupError("compression needs --format qcow2")
+        }
         let source = try BlockFile(path: request.device, mode: .read, direct: true)
         let targetIsDevice = try TargetCheck.validate(source: source, target: request.target, force: request.force)
         if targetIsDevice && request.format == .qcow2 {
@@ -74,58 +77,91 @@ public enum FullBackup {
         let size = source.size
         let cs = request.options.clusterSize
         let image = request.target
-        let partial = targetIsDevice ? image : image + ".partial"
-        if !targetIsDevice { unlink(partial) }
-        let target: BackupTarget
-        let targetFile: BlockFile
+        let output: ImageOutput
         switch (request.format, targetIsDevice) {
         case (.qcow2, _):
-            let writer = try Qcow2Writer(path: partial, virtualSize: size, clusterSize: cs,
-                                         compression: request.compression)
-            target = .qcow2(writer)
-            targetFile = writer.file
+            output = try ImageOutput.qcow2(image: image, virtualSize: size, clusterSize: cs,
+                                           compression: request.compression)
         case (.raw, false):
-            targetFile = try BlockFile(path: partial, mode: .create(truncate: true), direct: true)
-            target = .rawFile(targetFile)
+            let partial = ImageOutput.partialPath(image)
+            unlink(partial)
+            output = ImageOutput(image: image, partial: partial,
+                                 target: .rawFile(try BlockFile(path: partial, mode: .create(truncate: true), direct: true)))
         case (.raw, true):
-            targetFile = try BlockFile(path: image, mode: .write, direct: true)
-            guard targetFile.size >= size else {
-                throw BackupError("target device \(image) (\(targetFile.size) bytes) is smaller than \(request.device) (\(size) bytes)")
+            let device = try BlockFile(path: image, mode: .write, direct: true)
+            guard device.size >= size else {
+                throw BackupError("target device \(image) (\(device.size) bytes) is smaller than \(request.device) (\(size) bytes)")
             }
-            target = .rawDevice(targetFile)
+            output = ImageOutput(image: image, partial: nil, target: .rawDevice(device))
         }
-        if request.compression != .none && request.format != .qcow2 {
-            throw BackupError("compression needs --format qcow2")
-        }
-
-        let sink = BackupSink(target: target, clusterSize: cs, deviceSize: size)
+        let sink = BackupSink(target: output.target, clusterSize: cs, deviceSize: size)
         let plan = ChunkPlan(deviceSize: size, clusterSize: cs, chunkSize: request.options.chunkSize)
-        let stats: CopyStats
-        do {
-            stats = try CopyEngine.run(plan: plan, source: source, target: targetFile, sink: sink,
-                                       options: request.options, control: control, warn: warn)
-            switch target {
-            case .qcow2(let writer): try writer.finish()
-            case .rawFile(let file):
-                try file.truncate(to: size)
-                try file.sync()
-            case .rawDevice: break
-            }
-            if !targetIsDevice { try AtomicFile.rename(partial, to: image) }
-            if !targetIsDevice { try sink.digests.write(to: DigestFile.path(forImage: image)) }
-        } catch {
-            if !targetIsDevice { unlink(partial) }
-            throw error
-        }
-        var written = stats.bytesWritten
-        if case .qcow2(let writer) = target { written += writer.bytesWritten }
+        let stats = try output.fill(plan: plan, source: source, sink: sink, options: request.options,
+                                    control: control, warn: warn)
         return BackupSummary(
-            device: request.device, image: image, digests: targetIsDevice ? nil : DigestFile.path(forImage: image),
+            device: request.device, image: image, digests: output.partial == nil ? nil : DigestFile.path(forImage: image),
             format: request.format.rawValue, engine: stats.engine, size: size, clusterSize: cs,
-            bytesRead: stats.bytesRead, bytesWritten: written,
+            bytesRead: stats.bytesRead, bytesWritten: output.bytesWritten(stats),
             zeroBytes: sink.zeroBytes, seconds: stats.seconds,
             mbPerSecond: stats.seconds > 0 ? Double(stats.bytesRead) / 1e6 / stats.seconds : 0,
             fallbackReason: stats.fallbackReason)
+    }
+}
+
+/// An image being written: its final name, the `.partial` name it is written
+/// under (nil for a raw device), and the target the sink writes to.
+struct ImageOutput {
+    let image: String
+    let partial: String?
+    let target: BackupTarget
+
+    static func partialPath(_ image: String) -> String { image + ".partial" }
+
+    /// A qcow2 image (an overlay when `backingFile` is given) under its `.partial` name.
+    static func qcow2(image: String, virtualSize: UInt64, clusterSize: Int, backingFile: String? = nil,
+                      compression: Qcow2Writer.Compression = .none) throws -> ImageOutput {
+        let partial = partialPath(image)
+        unlink(partial)
+        let writer = try Qcow2Writer(path: partial, virtualSize: virtualSize, clusterSize: clusterSize,
+                                     backingFile: backingFile, compression: compression)
+        return ImageOutput(image: image, partial: partial, target: .qcow2(writer))
+    }
+
+    var file: BlockFile {
+        switch target {
+        case .qcow2(let writer): writer.file
+        case .rawFile(let f), .rawDevice(let f): f
+        }
+    }
+
+    /// Runs the copy, finishes the image, renames it into place and writes its
+    /// digests; on any failure the partial file is removed.
+    func fill(plan: ChunkPlan, source: BlockFile, sink: BackupSink, options: CopyOptions,
+              control: CopyControl, warn: (String) -> Void) throws -> CopyStats {
+        do {
+            let stats = try CopyEngine.run(plan: plan, source: source, target: file, sink: sink,
+                                           options: options, control: control, warn: warn)
+            switch target {
+            case .qcow2(let writer): try writer.finish()
+            case .rawFile(let f):
+                try f.truncate(to: sink.deviceSize)
+                try f.sync()
+            case .rawDevice: break
+            }
+            if let partial {
+                try AtomicFile.rename(partial, to: image)
+                try sink.digests.write(to: DigestFile.path(forImage: image))
+            }
+            return stats
+        } catch {
+            if let partial { unlink(partial) }
+            throw error
+        }
+    }
+
+    func bytesWritten(_ stats: CopyStats) -> UInt64 {
+        if case .qcow2(let writer) = target { return stats.bytesWritten + writer.bytesWritten }
+        return stats.bytesWritten
     }
 }
 

@@ -35,7 +35,7 @@ public struct DigestFile: Equatable, Sendable {
     /// The digest of `count` bytes; 16 zero bytes when they are all zero.
     public static func digest(of data: UnsafeRawPointer, count: Int, isZero: Bool) -> (UInt64, UInt64) {
         if isZero { return (0, 0) }
-        let h = XXH3_128bits(data, count)
+        let h = rb_xxh3_128(data, count)
         // A real digest of all-zero bytes is the zero marker's only collision;
         // nudge it so that "zero" stays unambiguous.
         return h.low64 == 0 && h.high64 == 0 ? (1, 0) : (h.low64, h.high64)
