@@ -35,10 +35,12 @@ let package = Package(
         .target(name: "BlockDevices", dependencies: ["CBlkid", "CShim", "BlockIO"]),
         .target(name: "Images", dependencies: ["CXXHash", "CZstd", "CZlib", "CShim", "BlockIO"]),
         .target(name: "DirtyBitmaps", dependencies: ["BlockIO"]),
+        // QMP messages, client and server, shared by the CLI and ringbackd.
+        .target(name: "ControlProtocol"),
         .target(name: "WriteTracking", dependencies: ["BlockIO", "BlockDevices"]),
         .target(name: "Backup", dependencies: ["BlockIO", "BlockDevices", "Images", "CShim"]),
         .executableTarget(name: "ringback", dependencies: [
-            "Backup", "BlockDevices", "BlockIO", "Images",
+            "Backup", "BlockDevices", "BlockIO", "Images", "ControlProtocol",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
 

@@ -1,0 +1,101 @@
+import Foundation
+import Testing
+import TestSupport
+@testable import ControlProtocol
+
+@Suite struct JSONStreamSplitterTests {
+    @Test func splitsObjectsAcrossAndWithinReads() throws {
+        var s = JSONStreamSplitter()
+        let text = #"{"execute": "a", "arguments": {"x": "}{\"]"}} {"execute":"b"}"# + "\n" + #"{"id": [1, {"y": 2}]}"#
+        let bytes = Array(text.utf8)
+        var out: [Data] = []
+        // Feed one byte at a time: a message may arrive in any pieces.
+        for b in bytes { out += try s.feed([b]) }
+        #expect(out.count == 3)
+        #expect(try JSONValue.parse(out[0])["arguments"]?["x"] == .string("}{\"]"))
+        #expect(try JSONValue.parse(out[2])["id"] == .array([.int(1), .object(["y": .int(2)])]))
+    }
+
+    @Test func refusesOversizedAndNonObjectInput() {
+        var s = JSONStreamSplitter(limit: 16)
+        #expect(throws: JSONStreamSplitter.SplitError.tooLarge(16)) { try s.feed(Array(#"{"a": "0123456789abcdef"}"#.utf8)) }
+        var t = JSONStreamSplitter()
+        #expect(throws: JSONStreamSplitter.SplitError.unexpected(UInt8(ascii: "x"))) { try t.feed(Array("x".utf8)) }
+    }
+}
+
+/// The server and client over a real Unix socket.
+@Suite struct QMPServerTests {
+    func withServer(_ body: (String, QMPServer) throws -> Void) throws {
+        let dir = try TemporaryDirectory()
+        let path = dir.file("qmp.sock")
+        let server = QMPServer(path: path, greeting: QMP.greeting(major: 0, minor: 1, micro: 0, package: "test")) { command, args in
+            switch command {
+            case "echo": return .object(args)
+            case "fail": throw CommandError("it failed as asked")
+            default: throw CommandError.commandNotFound(command)
+            }
+        }
+        try server.start()
+        defer { server.stop() }
+        try body(path, server)
+    }
+
+    @Test func greetingNegotiationCommandsAndErrors() throws {
+        try withServer { path, _ in
+            let client = try QMPClient(path: path)
+            #expect(client.greeting["QMP"]?["capabilities"] == .array([]))
+            #expect(try client.execute("echo", ["a": .int(1)]) == .object(["a": .int(1)]))
+            let failed = #expect(throws: CommandError.self) { try client.execute("fail") }
+            #expect(failed == CommandError("it failed as asked"))
+            let unknown = #expect(throws: CommandError.self) { try client.execute("no-such-command") }
+            #expect(unknown?.errorClass == "CommandNotFound")
+            let again = #expect(throws: CommandError.self) { try client.execute("qmp_capabilities") }
+            #expect(again?.desc.contains("already complete") == true)
+        }
+    }
+
+    @Test func socketIsPrivateAndBadInputDoesNotKillTheServer() throws {
+        try withServer { path, _ in
+            var st = stat()
+            stat(path, &st)
+            #expect(st.st_mode & 0o777 == 0o600)
+            // Garbage, a command before negotiation, and an oversized message, each on its own connection.
+            let raw = try Shell.run(["python3", "-c", """
+                import socket, json
+                def talk(payload):
+                    s = socket.socket(socket.AF_UNIX); s.connect('\(path)'); f = s.makefile('rb')
+                    f.readline()
+                    s.sendall(payload); line = f.readline(); s.close(); return line.decode()
+                print(talk(b'{"execute": "echo"}\\n'))
+                print(talk(b'not json at all\\n'))
+                print(talk(b'{"execute": "x", "arguments": "' + b'a' * (2 << 20) + b'"}'))
+                """])
+            #expect(raw.stdout.contains("Expecting capabilities negotiation"))
+            #expect(raw.stdout.contains("JSON parse error"))
+            #expect(raw.stdout.contains("larger than"))
+            // Still serving.
+            #expect(try QMPClient(path: path).execute("echo") == .object([:]))
+        }
+    }
+
+    @Test func eventsReachEveryNegotiatedClient() throws {
+        try withServer { path, server in
+            let a = try QMPClient(path: path), b = try QMPClient(path: path)
+            server.broadcast(event: "TEST_EVENT", data: .object(["n": .int(7)]))
+            for c in [a, b] {
+                let e = try c.nextEvent()
+                #expect(e["event"] == .string("TEST_EVENT"))
+                #expect(e["data"]?["n"] == .int(7))
+                #expect(e["timestamp"]?["seconds"]?.intValue ?? 0 > 0)
+            }
+        }
+    }
+
+    @Test func aSecondServerOnALiveSocketIsRefused() throws {
+        try withServer { path, _ in
+            let second = QMPServer(path: path, greeting: .object([:])) { _, _ in .null }
+            #expect(throws: CommandError.self) { try second.start() }
+        }
+    }
+}
