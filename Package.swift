@@ -54,6 +54,7 @@ let package = Package(
         .testTarget(name: "ImagesTests", dependencies: [
             "Images", "BlockIO", "TestSupport", .product(name: "PropertyBased", package: "swift-property-based"),
         ]),
+        .testTarget(name: "ControlProtocolTests", dependencies: ["ControlProtocol", "TestSupport"]),
         .testTarget(name: "DirtyBitmapsTests", dependencies: [
             "DirtyBitmaps", "BlockIO", "TestSupport", .product(name: "PropertyBased", package: "swift-property-based"),
         ]),
