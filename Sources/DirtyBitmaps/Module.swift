@@ -1,1 +1,0 @@
-// The QEMU dirty-bitmap model (DESIGN §6): see DirtyBitmap.swift.
