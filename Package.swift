@@ -10,6 +10,7 @@ let package = Package(
     platforms: [.macOS(.v15)],
     products: [
         .executable(name: "ringback", targets: ["ringback"]),
+        .executable(name: "ringbackd", targets: ["ringbackd"]),
         .library(name: "Backup", targets: ["Backup"]),
     ],
     dependencies: [
@@ -43,6 +44,10 @@ let package = Package(
             "Backup", "BlockDevices", "BlockIO", "Images", "ControlProtocol",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
+        .executableTarget(name: "ringbackd", dependencies: [
+            "Backup", "BlockDevices", "BlockIO", "Images", "ControlProtocol", "DirtyBitmaps", "WriteTracking",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ]),
 
         // Loop devices, processes and the qemu-img oracles, for tests only.
         .target(name: "TestSupport"),
@@ -59,6 +64,7 @@ let package = Package(
             "DirtyBitmaps", "BlockIO", "TestSupport", .product(name: "PropertyBased", package: "swift-property-based"),
         ]),
         .testTarget(name: "WriteTrackingTests", dependencies: ["WriteTracking", "BlockIO", "BlockDevices", "TestSupport"]),
+        .testTarget(name: "DaemonTests", dependencies: ["ControlProtocol", "TestSupport"]),
         .testTarget(name: "BackupTests", dependencies: ["Backup", "BlockDevices", "BlockIO", "Images", "TestSupport"]),
     ]
 )

@@ -155,7 +155,7 @@ public final class LoopDevice: @unchecked Sendable {
         guard let out = FileHandle(forWritingAtPath: file), let rnd = FileHandle(forReadingAtPath: "/dev/urandom") else {
             throw CocoaError(.fileWriteUnknown, userInfo: [NSFilePathErrorKey: file])
         }
-        defer { try? out.close(); try? rnd.close() }
+        defer { try? out.synchronize(); try? out.close(); try? rnd.close() }
         for (offset, length) in regions {
             try out.seek(toOffset: offset)
             var left = length
@@ -230,5 +230,109 @@ public enum QemuImg {
         let r = try Shell.run(args + [a, b])
         if r.status > 1 { throw Shell.Failure(command: args + [a, b], result: r) }
         return r.status == 0
+    }
+}
+
+/// A ringbackd process of a test: its own socket and state folder, stopped
+/// (SIGTERM, then SIGKILL) when released, and the tracefs instances of the
+/// disks it tracked removed, so a failing test leaves nothing running.
+public final class DaemonProcess: @unchecked Sendable {
+    public let socket: String
+    public let stateDir: String
+    public let bootIDFile: String?
+    public let extraArguments: [String]
+    private var process: Process?
+    public private(set) var logPath: String
+
+    /// Starts ringbackd and waits until its socket answers.
+    public init(in dir: TemporaryDirectory, stateDir: String? = nil, bootIDFile: String? = nil,
+                extraArguments: [String] = []) throws {
+        socket = dir.file("qmp.sock")
+        self.stateDir = stateDir ?? dir.file("state")
+        self.bootIDFile = bootIDFile
+        self.extraArguments = extraArguments
+        logPath = dir.file("ringbackd.log")
+        try start()
+    }
+
+    /// The ringbackd executable beside ringback.
+    public static var binary: String {
+        (RingbackBinary.path as NSString).deletingLastPathComponent + "/ringbackd"
+    }
+
+    public func start() throws {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: Self.binary)
+        var args = ["--socket", socket, "--state-dir", stateDir]
+        if let bootIDFile { args += ["--boot-id-file", bootIDFile] }
+        p.arguments = args + extraArguments
+        FileManager.default.createFile(atPath: logPath, contents: nil)
+        let output = FileHandle(forWritingAtPath: logPath)!
+        output.seekToEndOfFile()
+        p.standardOutput = output
+        p.standardError = output
+        try p.run()
+        process = p
+        for _ in 0..<200 {
+            if !p.isRunning { throw Shell.Failure(command: [Self.binary] + args, result: .init(status: p.terminationStatus, stdout: "", stderr: log())) }
+            if FileManager.default.fileExists(atPath: socket),
+               (try? Shell.run(["python3", "-c", "import socket,sys; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])", socket]).succeeded) == true {
+                return
+            }
+            usleep(50_000)
+        }
+        throw Shell.Failure(command: [Self.binary] + args, result: .init(status: -1, stdout: "", stderr: "socket never answered"))
+    }
+
+    public func log() -> String {
+        (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? ""
+    }
+
+    /// SIGTERM and wait: a clean stop.
+    public func stop() {
+        guard let p = process, p.isRunning else { return }
+        p.terminate()
+        p.waitUntilExit()
+        process = nil
+    }
+
+    /// SIGKILL: a crash.
+    public func kill() {
+        guard let p = process, p.isRunning else { return }
+        Foundation.kill(p.processIdentifier, SIGKILL)
+        p.waitUntilExit()
+        process = nil
+    }
+
+    /// Runs `ringback ARGS --socket S`.
+    @discardableResult
+    public func ringback(_ args: [String]) throws -> Shell.Result {
+        try RingbackBinary.run(args, environment: ["RINGBACK_SOCKET": socket])
+    }
+
+    deinit {
+        kill()
+        // The instances a killed daemon leaves behind record until removed.
+        let dir = "/sys/kernel/tracing/instances"
+        if let names = try? FileManager.default.contentsOfDirectory(atPath: dir) {
+            let state = (try? String(contentsOfFile: stateDir + "/tracked.json", encoding: .utf8)) ?? ""
+            for name in names where name.hasPrefix("ringback-") {
+                let disk = String(name.dropFirst("ringback-".count))
+                if state.contains("/dev/\(disk)") { rmdir(dir + "/" + name) }
+            }
+        }
+    }
+}
+
+/// The write sets of QEMU's incremental-backup test (iotests 124) on a 64 MiB
+/// device with 512-byte sectors, shared by the chain tests.
+public enum QemuIncrementalScenario {
+    public typealias Write = (pattern: UInt8, offset: UInt64, length: Int)
+    public static let prefill: [Write] = [(0x41, 0, 512), (0xd5, 1 << 20, 32 << 10), (0xdc, 32 << 20, 124 << 10)]
+    public static let setA: [Write] = [(0xab, 0, 512), (0xfe, 16 << 20, 256 << 10), (0x64, 32_736 << 10, 64 << 10)]
+    public static let setB: [Write] = [(0x9a, 0, 512), (0x55, 8 << 20, 352 << 10), (0x78, 15_872 << 10, 1 << 20)]
+
+    public static func apply(_ writes: [Write], to device: LoopDevice) throws {
+        for w in writes { try device.write([UInt8](repeating: w.pattern, count: w.length), at: w.offset) }
     }
 }

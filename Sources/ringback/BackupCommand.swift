@@ -1,6 +1,7 @@
 import ArgumentParser
 import Backup
 import BlockIO
+import ControlProtocol
 import Foundation
 import Images
 
@@ -16,7 +17,14 @@ struct BackupCommand: ParsableCommand {
             per-cluster digest file PATH.digests used by `ringback verify`. All-zero clusters
             are not written. The image appears under its name only once it is complete and synced.
 
-            Example: ringback backup /dev/sdb --to /backup/sdb.qcow2
+            With --sync or --bitmap the backup runs in ringbackd, which owns the dirty bitmaps:
+            --to names the chain's folder; a full backup starts the chain and an incremental
+            adds a qcow2 overlay on its newest image (QEMU's validation rules apply).
+
+            Examples: ringback backup /dev/sdb --to /backup/sdb.qcow2
+                      ringback backup /dev/sdb --sync full --bitmap nightly --bitmap-mode on-success --to /backup/sdb
+                      ringback backup /dev/sdb --sync incremental --bitmap nightly --to /backup/sdb
+                      ringback backup /dev/sdb --sync incremental --bitmap nightly --rescan --to /backup/sdb
             """)
 
     @Argument(help: "The block device (or file) to back up.")
@@ -49,10 +57,29 @@ struct BackupCommand: ParsableCommand {
     @Flag(help: "Replace an existing image file.")
     var force = false
 
+    @Option(help: "Through ringbackd: full, incremental or bitmap.")
+    var sync: String?
+
+    @Option(help: "Through ringbackd: the dirty bitmap that defines what changed.")
+    var bitmap: String?
+
+    @Option(help: "What happens to the bitmap: on-success, always or never.")
+    var bitmapMode: String?
+
+    @Flag(help: "Re-read the whole device and compare it with the previous backup's digests (re-arms an inconsistent bitmap).")
+    var rescan = false
+
+    @Option(help: "ringbackd's control socket (default: $RINGBACK_SOCKET or /run/ringback/qmp.sock).")
+    var socket: String = QMP.socketPath
+
     @Flag(help: "Print one JSON summary object instead of text.")
     var json = false
 
     func run() throws {
+        if sync != nil || bitmap != nil || rescan {
+            runInDaemon()
+            return
+        }
         var request = BackupRequest(device: device, target: to)
         request.format = format
         request.force = force
@@ -87,6 +114,29 @@ struct BackupCommand: ParsableCommand {
                   digests: \(summary.digests ?? "none (raw copy onto a device)")
                 """)
         }
+    }
+}
+
+extension BackupCommand {
+    /// A backup with a bitmap, run by ringbackd.
+    func runInDaemon() {
+        var args: [String: JSONValue] = ["device": .string(device), "target": .string(to),
+                                         "sync": .string(sync ?? "full"), "format": .string(format.rawValue)]
+        if let bitmap { args["bitmap"] = .string(bitmap) }
+        if let bitmapMode { args["bitmap-mode"] = .string(bitmapMode) }
+        if rescan { args["x-rescan"] = .bool(true) }
+        if speed.value > 0 { args["speed"] = .int(Int64(speed.value)) }
+        let reply: JSONValue
+        do { reply = try QMPClient(path: socket).execute("drive-backup", args) } catch {
+            fail("\(error)")
+        }
+        if json { print(reply); return }
+        let summary = reply["backup"] ?? reply
+        let image = summary["image"]?.stringValue ?? "?"
+        let read = UInt64(summary["bytes_read"]?.intValue ?? 0), written = UInt64(summary["bytes_written"]?.intValue ?? 0)
+        print("\(sync ?? "full") backup of \(device) complete: \(image)")
+        if let backing = reply["backing_file"]?.stringValue { print("  on top of \(backing) (\(reply["mode"]?.stringValue ?? ""))") }
+        print("  read \(formatBytes(read)), wrote \(formatBytes(written))")
     }
 }
 

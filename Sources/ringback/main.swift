@@ -7,7 +7,8 @@ struct Ringback: ParsableCommand {
         abstract: "Back up Linux block devices at device speed into qcow2 or raw images.",
         discussion: "Full backups through io_uring with O_DIRECT, per-cluster digests, restore and verification.",
         version: "0.1.0",
-        subcommands: [BackupCommand.self, RestoreCommand.self, VerifyCommand.self, Devices.self, BenchCommand.self]
+        subcommands: [BackupCommand.self, RestoreCommand.self, VerifyCommand.self, Devices.self, BenchCommand.self,
+                      TrackCommand.self, UntrackCommand.self, BitmapCommand.self, QMPCommand.self]
     )
 }
 

@@ -11,15 +11,12 @@ import TestSupport
 /// by the digest rescan; qemu-img is the judge of every image.
 @Suite(.enabled(if: TestEnvironment.canUseLoopDevices, Comment(rawValue: TestEnvironment.loopSkipReason)))
 struct IncrementalBackupTests {
-    typealias Write = (pattern: UInt8, offset: UInt64, length: Int)
+    typealias Write = QemuIncrementalScenario.Write
+    static let prefill = QemuIncrementalScenario.prefill
+    static let setA = QemuIncrementalScenario.setA
+    static let setB = QemuIncrementalScenario.setB
 
-    static let prefill: [Write] = [(0x41, 0, 512), (0xd5, 1 << 20, 32 << 10), (0xdc, 32 << 20, 124 << 10)]
-    static let setA: [Write] = [(0xab, 0, 512), (0xfe, 16 << 20, 256 << 10), (0x64, 32_736 << 10, 64 << 10)]
-    static let setB: [Write] = [(0x9a, 0, 512), (0x55, 8 << 20, 352 << 10), (0x78, 15_872 << 10, 1 << 20)]
-
-    func apply(_ writes: [Write], to device: LoopDevice) throws {
-        for w in writes { try device.write([UInt8](repeating: w.pattern, count: w.length), at: w.offset) }
-    }
+    func apply(_ writes: [Write], to device: LoopDevice) throws { try QemuIncrementalScenario.apply(writes, to: device) }
 
     func extents(_ writes: [Write]) -> [Extent] { writes.map { Extent(offset: $0.offset, length: UInt64($0.length)) } }
 

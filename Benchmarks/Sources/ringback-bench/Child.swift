@@ -32,7 +32,11 @@ enum Child {
 
     /// Runs `args` and waits for it. The program is resolved before the clock
     /// starts, so that the time is the program's own and not a PATH search.
-    static func run(_ args: [String]) throws -> ChildResult {
+    /// Once a signal has begun the clean-up, only the clean-up's own children
+    /// (`cleanUp: true`) start; any other caller is parked until the process
+    /// exits, so that nothing new runs on devices being detached.
+    static func run(_ args: [String], cleanUp: Bool = false) throws -> ChildResult {
+        if !cleanUp && Janitor.shared.isStopping { Janitor.parkForever() }
         guard let program = executable(args[0]) else {
             throw ChildFailure(command: args, reason: "cannot run: \(args[0]) is not installed")
         }
@@ -49,8 +53,11 @@ enum Child {
         do { try process.run() } catch {
             throw ChildFailure(command: args, reason: "cannot run: \(error.localizedDescription)")
         }
-        Janitor.shared.childStarted(process.processIdentifier)
-        defer { Janitor.shared.childEnded() }
+        if !cleanUp && !Janitor.shared.childStarted(process.processIdentifier) {
+            kill(process.processIdentifier, SIGKILL)
+            Janitor.parkForever()
+        }
+        defer { if !cleanUp { Janitor.shared.childEnded() } }
 
         // Drain both pipes at once: a child blocked on a full stderr pipe would
         // never close stdout.
@@ -76,8 +83,8 @@ enum Child {
 
     /// Runs `args` and throws unless it exits 0; returns the result.
     @discardableResult
-    static func check(_ args: [String]) throws -> ChildResult {
-        let result = try run(args)
+    static func check(_ args: [String], cleanUp: Bool = false) throws -> ChildResult {
+        let result = try run(args, cleanUp: cleanUp)
         guard result.succeeded else {
             let said = (result.stderr + result.stdout).trimmingCharacters(in: .whitespacesAndNewlines)
             let tail = said.split(separator: "\n").suffix(4).joined(separator: " | ")

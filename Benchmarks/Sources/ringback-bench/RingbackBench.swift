@@ -1,15 +1,31 @@
 import ArgumentParser
 import Foundation
 
-/// `ringback-bench`: ringback's full backup against fio, dd and
-/// `qemu-img convert` on the same 1 GiB loop devices of random data, in the
-/// two set-ups of issue 2 (D and S), with medians and the ratios the issue
-/// sets targets for. It measures; it asserts nothing about the numbers.
+/// `ringback-bench`: two suites, each measuring in one run and printing the
+/// ratios the issues set targets for. `copy` (the default) is issue 2's;
+/// `tracking` is issue 3's (write-tracking cost, incremental backups).
 @main
 struct RingbackBench: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "ringback-bench",
-        abstract: "Measure ringback backup against fio, dd and qemu-img convert on loop devices.",
+        abstract: "Benchmarks of ringback on loop devices.",
+        discussion: """
+            copy (the default): ringback backup against fio, dd and qemu-img convert. \
+            tracking: fio 4k random-write IOPS with write tracking off and on, and an \
+            incremental backup from a dirty bitmap against --rescan and a full backup.
+            """,
+        subcommands: [CopySuite.self, TrackingSuite.self],
+        defaultSubcommand: CopySuite.self)
+}
+
+/// `ringback-bench copy`: ringback's full backup against fio, dd and
+/// `qemu-img convert` on the same 1 GiB loop devices of random data, in the
+/// two set-ups of issue 2 (D and S), with medians and the ratios the issue
+/// sets targets for. It measures; it asserts nothing about the numbers.
+struct CopySuite: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "copy",
+        abstract: "Measure ringback backup against fio, dd and qemu-img convert on loop devices (the default).",
         discussion: """
             Needs root (losetup, /proc/sys/vm/drop_caches), fio, qemu-img and a release \
             build of ringback. Set-up D: loop device with --direct-io=on over a file on \
@@ -177,7 +193,7 @@ struct RingbackBench: ParsableCommand {
 }
 
 /// Makes a fresh folder `ringback-bench.XXXXXX` under `base`, removed on exit.
-private func makeTemporaryDirectory(in base: String) throws -> String {
+func makeTemporaryDirectory(in base: String) throws -> String {
     var template = Array("\(base)/ringback-bench.XXXXXX".utf8CString)
     guard let made = mkdtemp(&template) else {
         let reason = String(cString: strerror(errno))

@@ -1,2 +1,0 @@
-// Changed-block tracking through tracefs (DESIGN §7): see WriteTracker.swift.
-import BlockIO

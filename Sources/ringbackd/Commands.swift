@@ -1,0 +1,110 @@
+import Backup
+import BlockIO
+import ControlProtocol
+import DirtyBitmaps
+import Foundation
+import Images
+
+/// The QMP commands ringbackd answers (DESIGN §12), as one table.
+extension Daemon {
+    static let commands = [
+        "qmp_capabilities", "query-version", "query-commands", "query-block",
+        "block-dirty-bitmap-add", "block-dirty-bitmap-remove", "block-dirty-bitmap-clear",
+        "block-dirty-bitmap-enable", "block-dirty-bitmap-disable", "block-dirty-bitmap-merge",
+        "drive-backup", "x-track-start", "x-track-stop", "x-tracker-barrier",
+    ]
+
+    func handle(_ command: String, _ a: Arguments) throws -> JSONValue {
+        switch command {
+        case "query-version":
+            return .object(["qemu": .object(["major": .int(0), "minor": .int(1), "micro": .int(0)]),
+                            "package": .string("ringback 0.1.0")])
+        case "query-commands":
+            return .array(Self.commands.map { .object(["name": .string($0)]) })
+        case "query-block":
+            return queryBlock()
+        case "x-track-start":
+            try startTracking(try resolve(a.string("node")))
+            try barrier(disk: node(try resolve(a.string("node")))!.disk)
+            return .object([:])
+        case "x-track-stop":
+            try stopTracking(try resolve(a.string("node")))
+            return .object([:])
+        case "x-tracker-barrier":
+            let path = try resolve(a.string("node"))
+            guard let n = node(path) else { throw CommandError("\(path) is not tracked") }
+            try barrier(disk: n.disk)
+            return .object([:])
+        case "block-dirty-bitmap-add":
+            let path = try resolve(a.string("node"))
+            // Adding the first bitmap starts tracking the device (DESIGN §7).
+            if node(path) == nil { try startTracking(path) }
+            let name = try a.string("name")
+            let granularity = try a.optionalInt("granularity").map { UInt64($0) } ?? DirtyBitmap.defaultGranularity
+            let persistent = try a.optionalBool("persistent") ?? false
+            let disabled = try a.optionalBool("disabled") ?? false
+            try barrier(disk: node(path)!.disk)   // writes before the add do not count
+            try withBitmaps(path) { try $0.add(name: name, granularity: granularity, enabled: !disabled, persistent: persistent) }
+            return .object([:])
+        case "block-dirty-bitmap-remove":
+            let name = try a.string("name")
+            let removed = try withBitmaps(try a.string("node")) { try $0.remove(name) }
+            if removed.isPersistent { removeBitmapFile(node: try a.string("node"), name: name) }
+            return .object([:])
+        case "block-dirty-bitmap-clear":
+            let path = try resolve(a.string("node"))
+            if let n = node(path) { try barrier(disk: n.disk) }
+            let name = try a.string("name")
+            try withBitmaps(path) { try $0.clear(name) }
+            return .object([:])
+        case "block-dirty-bitmap-enable", "block-dirty-bitmap-disable":
+            let name = try a.string("name")
+            try withBitmaps(try a.string("node")) {
+                if command.hasSuffix("enable") { try $0.enable(name) } else { try $0.disable(name) }
+            }
+            return .object([:])
+        case "block-dirty-bitmap-merge":
+            let target = try a.string("target")
+            let sources = try a.array("bitmaps").map { v -> String in
+                if let s = v.stringValue { return s }
+                if let s = v["name"]?.stringValue { return s }
+                throw CommandError("Invalid parameter type for 'bitmaps', expected: array of names")
+            }
+            let path = try resolve(a.string("node"))
+            if let n = node(path) { try barrier(disk: n.disk) }
+            try withBitmaps(path) { try $0.merge(sources, into: target) }
+            return .object([:])
+        case "drive-backup":
+            return try driveBackup(a)
+        default:
+            throw CommandError.commandNotFound(command)
+        }
+    }
+}
+
+/// Typed access to a command's arguments, with QMP's error texts.
+struct Arguments {
+    let values: [String: JSONValue]
+
+    func string(_ key: String) throws -> String {
+        guard let v = values[key] else { throw CommandError("Parameter '\(key)' is missing") }
+        guard let s = v.stringValue else { throw CommandError("Invalid parameter type for '\(key)', expected: string") }
+        return s
+    }
+    func optionalString(_ key: String) throws -> String? { values[key] == nil ? nil : try string(key) }
+    func optionalInt(_ key: String) throws -> Int64? {
+        guard let v = values[key] else { return nil }
+        guard let i = v.intValue else { throw CommandError("Invalid parameter type for '\(key)', expected: integer") }
+        return i
+    }
+    func optionalBool(_ key: String) throws -> Bool? {
+        guard let v = values[key] else { return nil }
+        guard let b = v.boolValue else { throw CommandError("Invalid parameter type for '\(key)', expected: boolean") }
+        return b
+    }
+    func array(_ key: String) throws -> [JSONValue] {
+        guard let v = values[key] else { throw CommandError("Parameter '\(key)' is missing") }
+        guard let a = v.arrayValue else { throw CommandError("Invalid parameter type for '\(key)', expected: array") }
+        return a
+    }
+}

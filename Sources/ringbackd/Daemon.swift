@@ -1,0 +1,242 @@
+import Backup
+import BlockDevices
+import BlockIO
+import ControlProtocol
+import DirtyBitmaps
+import Foundation
+import WriteTracking
+
+/// ringbackd's state: the tracked devices with their bitmaps, the trackers
+/// that feed them, and the commands that act on them. One lock guards it;
+/// tracker threads take it to mark writes, commands take it for their
+/// bookkeeping but never across a copy.
+final class Daemon: @unchecked Sendable {
+    let state: StateFiles
+    let bootIDPath: String
+    let bufferKiB: Int
+    private let lock = NSLock()
+    private var nodes: [String: Node] = [:]
+    private var trackers: [String: WriteTracker] = [:]   // disk path → tracker
+    private var lossCounts: [String: UInt64] = [:]
+    /// Set by the server once it runs, so commands can emit events.
+    var emit: (String, JSONValue) -> Void = { _, _ in }
+
+    init(stateDirectory: String, bootIDPath: String, bufferKiB: Int) {
+        state = StateFiles(root: stateDirectory)
+        self.bootIDPath = bootIDPath
+        self.bufferKiB = bufferKiB
+    }
+
+    var bootID: String { currentBootID(from: bootIDPath) }
+
+    private func locked<T>(_ body: () throws -> T) rethrows -> T {
+        lock.lock()
+        defer { lock.unlock() }
+        return try body()
+    }
+
+    // MARK: start and stop
+
+    /// Re-attaches to the devices tracked before a restart and loads their
+    /// persistent bitmaps; every doubt makes a bitmap inconsistent.
+    func restore(log: (String) -> Void) throws {
+        try FileManager.default.createDirectory(atPath: state.bitmaps, withIntermediateDirectories: true)
+        let saved = state.loadTracked()
+        lossCounts = saved.lossCounts
+        for path in saved.nodes {
+            do {
+                let reattached = try startTracking(path, loadBitmaps: true)
+                if !reattached {
+                    // The tracefs instance is gone (a reboot, or someone removed
+                    // it): writes since the last daemon stopped were not seen.
+                    locked { nodes[path]?.bitmaps.markInconsistent() }
+                    log("tracking of \(path) restarted without its tracefs instance: its bitmaps are inconsistent")
+                }
+            } catch {
+                log("cannot resume tracking \(path): \(error); its bitmap files are kept")
+            }
+        }
+        // Drain what the instances buffered while no daemon ran, and learn of losses.
+        for disk in locked({ Array(trackers.keys) }) { try? barrier(disk: disk) }
+        try saveAll(inUse: true)
+        for node in locked({ Array(nodes.values) }) {
+            for b in node.bitmaps.bitmaps where b.isInconsistent {
+                log("bitmap '\(b.name)' on \(node.path) is inconsistent; an incremental from it needs --rescan")
+            }
+        }
+    }
+
+    /// A clean stop: drain every tracker, save every persistent bitmap with its
+    /// in-use flag cleared, and leave the tracefs instances recording so that
+    /// the next daemon re-attaches without a gap.
+    func shutdown() {
+        for disk in locked({ Array(trackers.keys) }) { try? barrier(disk: disk) }
+        try? saveAll(inUse: false)
+        let all = locked { () -> [WriteTracker] in
+            defer { trackers = [:] }
+            return Array(trackers.values)
+        }
+        for t in all { try? t.stop(removeInstance: false) }
+    }
+
+    private func saveAll(inUse: Bool) throws {
+        try locked {
+            for (path, var node) in nodes {
+                for b in node.bitmaps.bitmaps where b.isPersistent {
+                    try node.bitmaps.save(b.name, to: state.bitmapFile(node: path, name: b.name),
+                                          identity: node.identity, bootID: bootID, inUse: inUse)
+                }
+                nodes[path] = node
+            }
+            try state.saveTracked(StateFiles.Tracked(nodes: nodes.keys.sorted(), lossCounts: lossCounts))
+        }
+    }
+
+    // MARK: tracking
+
+    /// Resolves a node name (path or symlink) to the device path used as key.
+    func resolve(_ node: String) throws -> String {
+        let url = URL(fileURLWithPath: node).resolvingSymlinksInPath()
+        var st = stat()
+        guard stat(url.path, &st) == 0 else { throw CommandError("Cannot find device='\(node)' nor node-name='\(node)'") }
+        guard st.st_mode & S_IFMT == S_IFBLK else { throw CommandError("'\(node)' is not a block device") }
+        return url.path
+    }
+
+    /// Starts tracking a device (idempotent). Returns whether its disk's
+    /// tracefs instance already existed (a re-attach).
+    @discardableResult
+    func startTracking(_ path: String, loadBitmaps: Bool = false) throws -> Bool {
+        if let _ = locked({ nodes[path] }) { return true }
+        let probe = DeviceProbe()
+        let info = try probe.device(at: path)
+        let diskInfo = try info.partition.map { try probe.device(named: $0.parent) } ?? info
+        let disk = diskInfo.path
+        let tracker: WriteTracker
+        var reattached = true
+        if let t = locked({ trackers[disk] }) {
+            tracker = t
+        } else {
+            tracker = try WriteTracker(disk: disk, bufferKiB: bufferKiB, lossBaseline: locked { lossCounts[disk] ?? 0 }) {
+                [weak self] device, extent in
+                self?.record(device.path, extent)
+            }
+            reattached = !tracker.createdInstance
+            locked { trackers[disk] = tracker }
+        }
+        let tracked = try tracker.track(device: path)
+        var node = Node(path: path, size: info.size, identity: Node.identity(of: info, disk: diskInfo), disk: disk,
+                        tracked: tracked, bitmaps: BitmapSet(device: path, deviceSize: info.size))
+        if loadBitmaps { loadPersistentBitmaps(into: &node) }
+        locked { nodes[path] = node }
+        tracker.start()
+        return reattached
+    }
+
+    private func loadPersistentBitmaps(into node: inout Node) {
+        let prefix = URL(fileURLWithPath: state.bitmapFile(node: node.path, name: "")).lastPathComponent
+            .replacingOccurrences(of: ".bitmap", with: "")
+        let files = (try? FileManager.default.contentsOfDirectory(atPath: state.bitmaps)) ?? []
+        for file in files.sorted() where file.hasPrefix(prefix) && file.hasSuffix(".bitmap") {
+            let path = state.bitmaps + "/" + file
+            do {
+                // The loader marks a bitmap inconsistent for every doubt; say which.
+                let loaded = try DirtyBitmap.load(from: path, expecting: node.identity, bootID: bootID)
+                for doubt in loaded.doubts {
+                    log("bitmap '\(loaded.bitmap.name)' on \(node.path) is inconsistent: \(doubt)")
+                }
+                try node.bitmaps.add(loaded.bitmap)
+            } catch {
+                // A device replaced by another: the bitmap is refused outright.
+                log("bitmap file \(path) not loaded: \(error)")
+            }
+        }
+    }
+
+    private func record(_ path: String, _ extent: Extent) {
+        locked { nodes[path]?.bitmaps.mark(offset: extent.offset, length: extent.length) }
+    }
+
+    /// Drains the disk's tracker up to now; lost events make every bitmap of
+    /// the disk inconsistent.
+    func barrier(disk: String) throws {
+        guard let tracker = locked({ trackers[disk] }) else { return }
+        let result = try tracker.barrier()
+        locked {
+            lossCounts[disk] = result.lossCount
+            if result.lostEvents {
+                for (path, node) in nodes where node.disk == disk {
+                    nodes[path]!.bitmaps.markInconsistent()
+                }
+            }
+        }
+        if result.lostEvents {
+            emit("X_TRACKER_LOST_EVENTS", .object(["disk": .string(disk)]))
+        }
+    }
+
+    func stopTracking(_ path: String) throws {
+        let node = try locked { () throws -> Node in
+            guard let node = nodes[path] else { throw CommandError("\(path) is not tracked") }
+            guard node.bitmaps.bitmaps.isEmpty else {
+                throw CommandError("\(path) still has dirty bitmaps (\(node.bitmaps.bitmaps.map(\.name).joined(separator: ", "))); remove them first")
+            }
+            nodes[path] = nil
+            return node
+        }
+        let tracker = locked { trackers[node.disk] }
+        tracker?.untrack(node.tracked.id)
+        let others = locked { nodes.values.contains { $0.disk == node.disk } }
+        if !others, let tracker {
+            try tracker.stop(removeInstance: true)
+            locked { trackers[node.disk] = nil; lossCounts[node.disk] = nil }
+        }
+        try saveAll(inUse: true)
+    }
+
+    // MARK: bitmaps
+
+    /// Runs a bitmap operation on a node under the lock and saves persistent
+    /// bitmaps afterwards. BitmapError's QEMU text becomes the reply.
+    func withBitmaps<T>(_ node: String, _ body: (inout BitmapSet) throws -> T) throws -> T {
+        let path = try resolve(node)
+        let result = try locked { () throws -> T in
+            guard var n = nodes[path] else { throw CommandError("Cannot find device='\(node)' nor node-name='\(node)': it is not tracked") }
+            do {
+                let r = try body(&n.bitmaps)
+                nodes[path] = n
+                return r
+            } catch let e as BitmapError {
+                throw CommandError(e.message)
+            }
+        }
+        try saveAll(inUse: true)
+        return result
+    }
+
+    func removeBitmapFile(node: String, name: String) {
+        unlink(state.bitmapFile(node: (try? resolve(node)) ?? node, name: name))
+    }
+
+    /// `query-block`: every tracked device with its bitmaps.
+    func queryBlock() -> JSONValue {
+        locked {
+            .array(nodes.values.sorted { $0.path < $1.path }.map { node in
+                .object([
+                    "device": .string(node.path), "node-name": .string(node.path),
+                    "size": .int(Int64(node.size)),
+                    "dirty-bitmaps": .array(node.bitmaps.bitmaps.map { b in
+                        .object([
+                            "name": .string(b.name), "count": .int(Int64(b.count)),
+                            "granularity": .int(Int64(b.granularity)), "recording": .bool(b.isEnabled),
+                            "busy": .bool(b.isBusy), "persistent": .bool(b.isPersistent),
+                            "inconsistent": .bool(b.isInconsistent),
+                        ])
+                    }),
+                ])
+            })
+        }
+    }
+
+    func node(_ path: String) -> Node? { locked { nodes[path] } }
+}

@@ -1,0 +1,84 @@
+import BlockDevices
+import BlockIO
+import DirtyBitmaps
+import Foundation
+import WriteTracking
+
+/// A tracked device as the daemon holds it: its identity, its bitmaps, and
+/// the tracker that feeds them.
+struct Node {
+    /// The path the device is known by (resolved, e.g. /dev/loop3).
+    let path: String
+    let size: UInt64
+    let identity: DeviceIdentity
+    /// The whole disk whose tracefs instance reports this device's writes.
+    let disk: String
+    var tracked: TrackedDevice
+    var bitmaps: BitmapSet
+
+    /// The identity a persistent bitmap is bound to (DESIGN §5): whole-disk
+    /// dev_t, partition start, size, file-system UUID, and a serial — for a
+    /// loop device its backing file and inode, so that another file attached
+    /// at the same loop number is another device.
+    static func identity(of info: BlockDeviceInfo, disk: BlockDeviceInfo) -> DeviceIdentity {
+        let dev = UInt64(disk.major) << 8 & 0xfff00 | UInt64(disk.minor) & 0xff
+            | (UInt64(disk.minor) & ~0xff) << 12 | (UInt64(disk.major) & ~0xfff) << 32
+        var serial: String?
+        if let backing = disk.loopBackingFile {
+            var st = stat()
+            let inode = stat(backing, &st) == 0 ? "\(st.st_dev):\(st.st_ino)" : "?"
+            serial = "loop:\(backing):\(inode)"
+        } else {
+            for file in ["device/wwid", "device/serial", "wwid", "dm/uuid"] {
+                if let s = try? String(contentsOfFile: "/sys/class/block/\(disk.name)/\(file)", encoding: .utf8) {
+                    serial = s.trimmingCharacters(in: .whitespacesAndNewlines)
+                    break
+                }
+            }
+        }
+        return DeviceIdentity(wholeDisk: dev, partitionStart: info.partition?.start ?? 0, size: info.size,
+                              filesystemUUID: info.fsUUID, serial: serial)
+    }
+}
+
+/// Files of the daemon's state directory.
+struct StateFiles {
+    let root: String
+    var bitmaps: String { root + "/bitmaps" }
+    var tracked: String { root + "/tracked.json" }
+
+    /// The file of a persistent bitmap: device path and name, escaped.
+    func bitmapFile(node: String, name: String) -> String {
+        func escape(_ s: String) -> String {
+            s.unicodeScalars.map { c in
+                CharacterSet.alphanumerics.contains(c) || c == "-" || c == "." ? String(c) : String(format: "%%%02X", c.value)
+            }.joined()
+        }
+        return bitmaps + "/" + escape(node) + "@" + escape(name) + ".bitmap"
+    }
+
+    /// What survives a restart besides the bitmap files: which devices are
+    /// tracked, and each disk's tracefs loss counter at the last barrier.
+    struct Tracked: Codable {
+        var nodes: [String]
+        var lossCounts: [String: UInt64]
+    }
+
+    func loadTracked() -> Tracked {
+        guard let data = FileManager.default.contents(atPath: tracked),
+              let t = try? JSONDecoder().decode(Tracked.self, from: data) else { return Tracked(nodes: [], lossCounts: [:]) }
+        return t
+    }
+
+    func saveTracked(_ t: Tracked) throws {
+        let data = try JSONEncoder().encode(t)
+        let tmp = tracked + ".tmp"
+        try data.write(to: URL(fileURLWithPath: tmp))
+        guard rename(tmp, tracked) == 0 else { throw SystemError(errno: errno, "rename \(tmp) to \(tracked)") }
+    }
+}
+
+/// The boot id, which tells a reboot (and the writes no daemon saw) apart.
+func currentBootID(from path: String) -> String {
+    ((try? String(contentsOfFile: path, encoding: .utf8)) ?? "unknown").trimmingCharacters(in: .whitespacesAndNewlines)
+}

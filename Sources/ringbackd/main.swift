@@ -1,0 +1,77 @@
+import ArgumentParser
+import ControlProtocol
+import Foundation
+
+/// ringbackd: tracks writes to block devices into dirty bitmaps and serves
+/// the QMP control socket that the `ringback` CLI and QMP clients use.
+struct RingbackDaemon: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "ringbackd",
+        abstract: "The ringback daemon: write tracking, dirty bitmaps and backups over a QMP socket.",
+        discussion: """
+            Listens on the control socket (mode 0600; root or --group may connect), re-attaches to
+            the devices it tracked before a restart and loads their persistent bitmaps; any doubt
+            (a crash, a reboot, lost trace events, another device) makes a bitmap inconsistent.
+            SIGTERM or SIGINT stop it cleanly: bitmaps saved, tracefs instances left recording.
+
+            Example: ringbackd --socket /run/ringback/qmp.sock --state-dir /var/lib/ringback
+            """,
+        version: "0.1.0")
+
+    @Option(help: "Control socket path.")
+    var socket: String = QMP.socketPath
+
+    @Option(help: "State directory: persistent bitmaps and the list of tracked devices.")
+    var stateDir: String = ProcessInfo.processInfo.environment["RINGBACK_STATE_DIR"] ?? "/var/lib/ringback"
+
+    @Option(help: "A group whose members may also use the socket.")
+    var group: String?
+
+    @Option(help: "Per-CPU tracefs buffer in KiB for each tracked disk.")
+    var traceBufferKib: Int = 4096
+
+    @Option(help: "Where the boot id is read (a reboot makes persistent bitmaps inconsistent).")
+    var bootIdFile: String = "/proc/sys/kernel/random/boot_id"
+
+    func run() throws {
+        var gid: gid_t?
+        if let group {
+            guard let g = getgrnam(group) else { throw ValidationError("unknown group '\(group)'") }
+            gid = g.pointee.gr_gid
+        }
+        let daemon = Daemon(stateDirectory: stateDir, bootIDPath: bootIdFile, bufferKiB: traceBufferKib)
+        try daemon.restore(log: { log($0) })
+        let server = QMPServer(path: socket, allowedGroup: gid,
+                               greeting: QMP.greeting(major: 0, minor: 1, micro: 0, package: "ringback 0.1.0")) {
+            command, arguments in
+            try daemon.handle(command, Arguments(values: arguments))
+        }
+        daemon.emit = { [weak server] name, data in server?.broadcast(event: name, data: data) }
+        try server.start()
+        log("listening on \(socket), state in \(stateDir)")
+
+        // Wait for SIGTERM/SIGINT on a dispatch source, then stop cleanly.
+        signal(SIGTERM, SIG_IGN)
+        signal(SIGINT, SIG_IGN)
+        signal(SIGPIPE, SIG_IGN)
+        let done = DispatchSemaphore(value: 0)
+        let sources = [SIGTERM, SIGINT].map { sig -> DispatchSourceSignal in
+            let s = DispatchSource.makeSignalSource(signal: sig, queue: .global())
+            s.setEventHandler { done.signal() }
+            s.resume()
+            return s
+        }
+        done.wait()
+        log("stopping: saving bitmaps")
+        server.stop()
+        daemon.shutdown()
+        _ = sources
+        log("stopped")
+    }
+}
+
+func log(_ message: String) {
+    FileHandle.standardError.write(Data("ringbackd: \(message)\n".utf8))
+}
+
+RingbackDaemon.main()
