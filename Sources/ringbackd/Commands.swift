@@ -48,8 +48,11 @@ extension Daemon {
             return .object([:])
         case "block-dirty-bitmap-remove":
             let name = try a.string("name")
-            let removed = try withBitmaps(try a.string("node")) { try $0.remove(name) }
-            if removed.isPersistent { removeBitmapFile(node: try a.string("node"), name: name) }
+            let path = try resolve(a.string("node"))
+            let removed = try withBitmaps(path) { try $0.remove(name) }
+            if removed.isPersistent { removeBitmapFile(node: path, name: name) }
+            // Removing the last bitmap stops tracking and removes the instance (DESIGN §7).
+            if node(path)?.bitmaps.bitmaps.isEmpty == true { try stopTracking(path) }
             return .object([:])
         case "block-dirty-bitmap-clear":
             let path = try resolve(a.string("node"))

@@ -89,10 +89,32 @@ struct DaemonTests {
         try checkChain(chain, device, dir, "B")
         #expect(images(chain).count == 4)
 
+        // Removing the last bitmap ends tracking and removes the tracefs instance.
         #expect(try daemon.ringback(["bitmap", "remove", device.path, "b0"]).succeeded)
-        #expect(try daemon.ringback(["untrack", device.path]).succeeded)
+        #expect(try QMPClient(path: daemon.socket).execute("query-block") == .array([]))
         daemon.stop()
         #expect(!FileManager.default.fileExists(atPath: "/sys/kernel/tracing/instances/ringback-" + (device.path as NSString).lastPathComponent))
+    }
+
+    /// sync=bitmap with each bitmap-mode: never keeps the bits, on-success and
+    /// always clear them when the backup succeeds.
+    @Test(arguments: ["never", "on-success", "always"])
+    func bitmapSyncModes(mode: String) throws {
+        let dir = try TemporaryDirectory()
+        let device = try LoopDevice(size: 16 << 20, in: dir.path, fill: .random)
+        let daemon = try DaemonProcess(in: dir)
+        let chain = dir.file("chain")
+        try FileManager.default.createDirectory(atPath: chain, withIntermediateDirectories: true)
+        #expect(try daemon.ringback(["bitmap", "add", device.path, "b"]).succeeded)
+        #expect(try daemon.ringback(["backup", device.path, "--sync", "full", "--to", chain]).succeeded)
+        try device.write([UInt8](repeating: 9, count: 3 * 65_536), at: 4 << 20)
+        #expect(try count(daemon, device.path, "b") == 3 * 65_536)
+        let r = try daemon.ringback(["backup", device.path, "--sync", "bitmap", "--bitmap", "b", "--bitmap-mode", mode, "--to", chain])
+        #expect(r.succeeded, "\(r.stderr)")
+        #expect(try count(daemon, device.path, "b") == (mode == "never" ? 3 * 65_536 : 0))
+        try QemuImg.check(newest(chain))
+        #expect(try QemuImg.identical(newest(chain), device.path))
+        _ = try daemon.ringback(["bitmap", "remove", device.path, "b"])
     }
 
     @Test func validationFollowsQemu() throws {

@@ -41,7 +41,7 @@ final class DaemonProcess: Sendable {
 
     /// Starts the daemon and waits until its socket answers.
     func start() throws {
-        FileManager.default.createFile(atPath: logPath, contents: nil)
+        _ = FileManager.default.createFile(atPath: logPath, contents: nil)
         guard let log = FileHandle(forWritingAtPath: logPath) else { throw BenchError("cannot write \(logPath)") }
         let process = Process()
         process.executableURL = URL(fileURLWithPath: binary)
