@@ -45,7 +45,9 @@ final class Daemon: @unchecked Sendable {
         lossCounts = saved.lossCounts
         for path in saved.nodes {
             do {
-                let reattached = try startTracking(path, loadBitmaps: true)
+                // Every device of a disk is tracked before its reader starts, so
+                // that events buffered while no daemon ran reach all of them.
+                let reattached = try startTracking(path, loadBitmaps: true, startReader: false)
                 if !reattached {
                     // The tracefs instance is gone (a reboot, or someone removed
                     // it): writes since the last daemon stopped were not seen.
@@ -57,6 +59,7 @@ final class Daemon: @unchecked Sendable {
             }
         }
         // Drain what the instances buffered while no daemon ran, and learn of losses.
+        for tracker in locked({ Array(trackers.values) }) { tracker.start() }
         for disk in locked({ Array(trackers.keys) }) { try? barrier(disk: disk) }
         try saveAll(inUse: true)
         for node in locked({ Array(nodes.values) }) {
@@ -106,7 +109,7 @@ final class Daemon: @unchecked Sendable {
     /// Starts tracking a device (idempotent). Returns whether its disk's
     /// tracefs instance already existed (a re-attach).
     @discardableResult
-    func startTracking(_ path: String, loadBitmaps: Bool = false) throws -> Bool {
+    func startTracking(_ path: String, loadBitmaps: Bool = false, startReader: Bool = true) throws -> Bool {
         if let _ = locked({ nodes[path] }) { return true }
         let probe = DeviceProbe()
         let info = try probe.device(at: path)
@@ -117,7 +120,8 @@ final class Daemon: @unchecked Sendable {
         if let t = locked({ trackers[disk] }) {
             tracker = t
         } else {
-            tracker = try WriteTracker(disk: disk, bufferKiB: bufferKiB, lossBaseline: locked { lossCounts[disk] ?? 0 }) {
+                        // A saved loss count continues an earlier tracker; none means a fresh start.
+            tracker = try WriteTracker(disk: disk, bufferKiB: bufferKiB, lossBaseline: locked { lossCounts[disk] }) {
                 [weak self] device, extent in
                 self?.record(device.path, extent)
             }
@@ -129,7 +133,7 @@ final class Daemon: @unchecked Sendable {
                         tracked: tracked, bitmaps: BitmapSet(device: path, deviceSize: info.size))
         if loadBitmaps { loadPersistentBitmaps(into: &node) }
         locked { nodes[path] = node }
-        tracker.start()
+        if startReader { tracker.start() }
         return reattached
     }
 

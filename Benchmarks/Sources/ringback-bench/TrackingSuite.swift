@@ -291,6 +291,8 @@ private struct Run {
                     }
                 }
             } catch {
+                // A signal stopped the child: the handler is cleaning up and ends the process.
+                if Janitor.shared.isStopping { Janitor.parkForever() }
                 setup.error = "\(error)"
                 problems.append("(a) (\(kind.rawValue)) \(error)")
                 warn("(a) (\(kind.rawValue)) failed: \(error)")
@@ -468,6 +470,7 @@ private struct Run {
             }
             try daemon.untrack(device: attached.device)
         } catch {
+            if Janitor.shared.isStopping { Janitor.parkForever() }
             inc.error = "\(error)"
             problems.append("(b) \(error)")
             warn("(b) failed: \(error)")
