@@ -117,6 +117,43 @@ struct DaemonTests {
         _ = try daemon.ringback(["bitmap", "remove", device.path, "b"])
     }
 
+    /// The bitmap commands through the CLI, with their effect on what is recorded.
+    @Test func bitmapCommandsThroughTheCLI() throws {
+        let dir = try TemporaryDirectory()
+        let device = try LoopDevice(size: 16 << 20, in: dir.path)
+        let daemon = try DaemonProcess(in: dir)
+        func run(_ args: String...) throws { let r = try daemon.ringback(args); #expect(r.succeeded, "\(args): \(r.stderr)") }
+        try run("track", device.path)
+        try run("bitmap", "add", device.path, "a")
+        try run("bitmap", "add", device.path, "b", "--granularity", "4K", "--disabled")
+        try device.write([UInt8](repeating: 1, count: 4096), at: 1 << 20)
+        #expect(try count(daemon, device.path, "a") == 65_536)
+        #expect(try count(daemon, device.path, "b") == 0)          // disabled: records nothing
+        try run("bitmap", "enable", device.path, "b")
+        try device.write([UInt8](repeating: 2, count: 4096), at: 3 << 20)
+        #expect(try count(daemon, device.path, "b") == 4096)
+        try run("bitmap", "disable", device.path, "a")
+        try device.write([UInt8](repeating: 3, count: 4096), at: 5 << 20)
+        #expect(try count(daemon, device.path, "a") == 2 * 65_536)     // not the write at 5 MiB
+        #expect(try count(daemon, device.path, "b") == 2 * 4096)
+        // Merge ORs b (4 KiB granules) into a (64 KiB granules): the 5 MiB granule is added.
+        try run("bitmap", "merge", device.path, "a", "--from", "b")
+        #expect(try count(daemon, device.path, "a") == 3 * 65_536)
+        let list = try daemon.ringback(["bitmap", "list", device.path, "--json"])
+        let parsed = try JSONValue.parse(Data(list.stdout.utf8))
+        #expect(parsed.arrayValue?.count == 2)
+        #expect(parsed.arrayValue?.first { $0["name"] == .string("a") }?["recording"] == .bool(false))
+        try run("bitmap", "clear", device.path, "a")
+        #expect(try count(daemon, device.path, "a") == 0)
+        let missing = try daemon.ringback(["bitmap", "clear", device.path, "zz"])
+        #expect(!missing.succeeded && missing.stderr.contains("Dirty bitmap 'zz' not found"))
+        let busyUntrack = try daemon.ringback(["untrack", device.path])
+        #expect(!busyUntrack.succeeded && busyUntrack.stderr.contains("still has dirty bitmaps"))
+        try run("bitmap", "remove", device.path, "a")
+        try run("bitmap", "remove", device.path, "b")
+        #expect(!FileManager.default.fileExists(atPath: "/sys/kernel/tracing/instances/ringback-" + (device.path as NSString).lastPathComponent))
+    }
+
     @Test func validationFollowsQemu() throws {
         let dir = try TemporaryDirectory()
         let device = try LoopDevice(size: 8 << 20, in: dir.path)
