@@ -230,6 +230,24 @@ struct DaemonTests {
         _ = try daemon.ringback(["untrack", device.path])
     }
 
+    /// Writes made while the daemon is down overflow a tiny trace buffer: the
+    /// restarted daemon sees the loss and the bitmap becomes inconsistent —
+    /// every time, never a silently incomplete bitmap.
+    @Test(arguments: 1...3)
+    func eventsLostWhileDownMakeTheBitmapInconsistent(round: Int) throws {
+        let dir = try TemporaryDirectory()
+        let device = try LoopDevice(size: 16 << 20, in: dir.path)
+        let daemon = try DaemonProcess(in: dir, extraArguments: ["--trace-buffer-kib", "4"])
+        #expect(try daemon.ringback(["bitmap", "add", device.path, "p", "--persistent"]).succeeded)
+        daemon.stop()
+        try Shell.check(["fio", "--name=flood", "--filename=\(device.path)", "--rw=randwrite", "--bs=4k",
+                         "--ioengine=io_uring", "--direct=1", "--iodepth=32", "--size=16M", "--io_size=32M",
+                         "--output=/dev/null"])
+        try daemon.start()
+        #expect(try bitmap(daemon, device.path, "p")?["inconsistent"] == .bool(true), "\(daemon.log())")
+        _ = try daemon.ringback(["bitmap", "remove", device.path, "p"])
+    }
+
     @Test func aReplacedDeviceDoesNotInheritTheBitmap() throws {
         let dir = try TemporaryDirectory()
         var device: LoopDevice? = try LoopDevice(size: 16 << 20, in: dir.path, name: "first.img")
