@@ -150,7 +150,11 @@ public final class AlignedBuffer: @unchecked Sendable {
     public let count: Int
     public let alignment: Int
 
-    public init(count: Int, alignment: Int = 4096) {
+    /// With `zeroed` false the memory is left as the allocator returns it: for
+    /// I/O buffers that are always filled before use (and pinned by io_uring
+    /// registration, which faults them in anyway), skipping the memset saves
+    /// touching every page twice.
+    public init(count: Int, alignment: Int = 4096, zeroed: Bool = true) {
         precondition(count > 0 && alignment.nonzeroBitCount == 1)
         var p: UnsafeMutableRawPointer?
         let rc = posix_memalign(&p, alignment, count)
@@ -158,7 +162,7 @@ public final class AlignedBuffer: @unchecked Sendable {
         pointer = p!
         self.count = count
         self.alignment = alignment
-        memset(pointer, 0, count)
+        if zeroed { memset(pointer, 0, count) }
     }
 
     deinit { free(pointer) }

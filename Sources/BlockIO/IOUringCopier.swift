@@ -99,7 +99,7 @@ final class IOUringCopier {
 
         let (size, align) = CopyEngine.bufferSize(options: options, source: source, target: target)
         bufferSize = size
-        let region = AlignedBuffer(count: size * options.queueDepth, alignment: align)
+        let region = AlignedBuffer(count: size * options.queueDepth, alignment: align, zeroed: false)
         buffers = region
         var iovecs = (0..<options.queueDepth).map { iovec(iov_base: region.pointer + $0 * size, iov_len: size) }
         // Registered buffers are pinned once instead of on every I/O. A refusal

@@ -120,6 +120,7 @@ struct CopySuite: ParsableCommand {
                         cachesDropped = false
                         warn("cannot write /proc/sys/vm/drop_caches: runs may read from the page cache")
                     }
+                    runner.warmUp(tool, device: setup.device)
                     do {
                         let m = try runner.measure(tool, device: setup.device)
                         results[tool]!.mbPerS.append(m.reportedMBps)

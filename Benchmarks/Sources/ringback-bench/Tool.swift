@@ -68,6 +68,15 @@ struct ToolRunner: Sendable {
         }
     }
 
+    /// Runs the tool's program once with `--version`, so that after the page
+    /// cache was dropped its executable and libraries are read back before the
+    /// timed run. Every tool gets the same treatment: the runs measure copying,
+    /// not loading a program from a cold disk (which penalises large binaries
+    /// such as ringback's statically linked Swift runtime over dd).
+    func warmUp(_ tool: Tool, device: String) {
+        _ = try? Child.run([command(tool, device: device)[0], "--version"])
+    }
+
     /// Removes every output (and ringback's digest files) so that no run
     /// writes over, or is helped by, the previous one.
     func removeOutputs() {
