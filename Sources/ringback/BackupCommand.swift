@@ -120,7 +120,8 @@ struct BackupCommand: ParsableCommand {
 extension BackupCommand {
     /// A backup with a bitmap, run by ringbackd.
     func runInDaemon() {
-        var args: [String: JSONValue] = ["device": .string(device), "target": .string(to),
+        // The daemon has its own working directory: send absolute paths.
+        var args: [String: JSONValue] = ["device": .string(absolute(device)), "target": .string(absolute(to)),
                                          "sync": .string(sync ?? "full"), "format": .string(format.rawValue)]
         if let bitmap { args["bitmap"] = .string(bitmap) }
         if let bitmapMode { args["bitmap-mode"] = .string(bitmapMode) }

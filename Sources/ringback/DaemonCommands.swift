@@ -28,7 +28,7 @@ struct TrackCommand: ParsableCommand {
     @Argument(help: "The device to track.") var device: String
     @OptionGroup var daemon: DaemonOptions
     func run() {
-        _ = daemon.execute("x-track-start", ["node": .string(device)])
+        _ = daemon.execute("x-track-start", ["node": .string(absolute(device))])
         if !daemon.json { print("tracking writes to \(device)") } else { print("{}") }
     }
 }
@@ -41,7 +41,7 @@ struct UntrackCommand: ParsableCommand {
     @Argument(help: "The device to stop tracking.") var device: String
     @OptionGroup var daemon: DaemonOptions
     func run() {
-        _ = daemon.execute("x-track-stop", ["node": .string(device)])
+        _ = daemon.execute("x-track-stop", ["node": .string(absolute(device))])
         if !daemon.json { print("stopped tracking \(device)") } else { print("{}") }
     }
 }
@@ -76,11 +76,12 @@ struct BitmapCommand: ParsableCommand {
     }
 
     func run() {
-        let node = JSONValue.string(device)
+        let node = JSONValue.string(absolute(device))
         switch action {
         case .list:
             let reply = daemon.execute("query-block")
-            let entry = reply.arrayValue?.first { $0["device"]?.stringValue == device || $0["node-name"]?.stringValue == device }
+            let resolved = URL(fileURLWithPath: absolute(device)).resolvingSymlinksInPath().path
+            let entry = reply.arrayValue?.first { $0["device"]?.stringValue == resolved || $0["node-name"]?.stringValue == resolved }
             let bitmaps = entry?["dirty-bitmaps"]?.arrayValue ?? []
             if daemon.json { print(JSONValue.array(bitmaps)); return }
             guard entry != nil else { fail("\(device) is not tracked by ringbackd") }

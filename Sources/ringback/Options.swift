@@ -54,3 +54,9 @@ func formatBytes(_ n: UInt64) -> String {
     while v >= 1024 && i < units.count - 1 { v /= 1024; i += 1 }
     return i == 0 ? "\(n) B" : String(format: "%.1f %@", v, units[i])
 }
+
+/// `path` made absolute against this process's working directory: ringbackd
+/// resolves names in its own.
+func absolute(_ path: String) -> String {
+    URL(fileURLWithPath: path).standardizedFileURL.path
+}

@@ -61,11 +61,13 @@ struct RingbackDaemon: ParsableCommand {
             s.resume()
             return s
         }
-        done.wait()
+        // The sources must outlive the wait: an optimised build would otherwise
+        // release (and cancel) them right after creation, and no signal would
+        // ever stop the daemon.
+        withExtendedLifetime(sources) { done.wait() }
         log("stopping: saving bitmaps")
         server.stop()
         daemon.shutdown()
-        _ = sources
         log("stopped")
     }
 }

@@ -109,10 +109,24 @@ final class DaemonProcess: Sendable {
         state.withLock { s in s.bitmaps.removeAll { $0.device == device && $0.name == name } }
     }
 
-    /// `ringback untrack DEVICE`: the daemon removes the tracefs instance.
+    /// Ends the tracking of a device whose bitmaps are all removed. Removing
+    /// the last bitmap already stops it (DESIGN §7); `ringback untrack` runs
+    /// only if the daemon still lists the device, so that this holds for
+    /// either behaviour. The daemon removes the tracefs instance.
     func untrack(device: String, cleanUp: Bool = false) throws {
-        try cli(["untrack", device], cleanUp: cleanUp)
+        if try isTracked(device: device, cleanUp: cleanUp) {
+            try cli(["untrack", device], cleanUp: cleanUp)
+        }
         state.withLock { s in s.tracked.removeAll { $0 == device } }
+    }
+
+    /// Whether `query-block` lists the device.
+    func isTracked(device: String, cleanUp: Bool = false) throws -> Bool {
+        let result = try cli(["qmp", "query-block"], cleanUp: cleanUp)
+        guard let list = try? JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [[String: Any]] else {
+            throw BenchError("ringback qmp query-block printed no list: \(result.stdout.prefix(200))")
+        }
+        return list.contains { ($0["device"] as? String) == device }
     }
 
     /// `ringback qmp x-tracker-barrier`: every write completed so far is in
@@ -160,7 +174,7 @@ final class DaemonProcess: Sendable {
                 }
             }
             for device in tracked.reversed() {
-                do { try cli(["untrack", device], cleanUp: true) } catch {
+                do { try untrack(device: device, cleanUp: true) } catch {
                     if !cleanUp { warn("\(error)") }
                 }
             }

@@ -196,7 +196,8 @@ extension TrackingResults {
                 + (inc.directIO ? " (direct I/O)" : "") + " over \(inc.backingFile)")
             lines.append("    chains in \(inc.targetDirectory); \(inc.dirtyClustersPerRound) of \(inc.clusters) "
                 + "\(inc.clusterSize >> 10) KiB clusters (\(String(format: "%.2f", pct))%) dirtied by 4 KiB O_DIRECT writes "
-                + "before each of \(inc.rounds.count) round(s); page cache dropped before each timed backup")
+                + "before each of \(inc.rounds.count) round(s); page cache dropped before each timed backup "
+                + "(then ringback's executable read back in)")
             lines.append("    both incrementals back up the same change onto the same previous image (a hard-linked copy of the chain)")
             lines.append(pad("seconds, median (min-max)", 40) + pad("wall clock", 26) + pad("reported (copy)", 26)
                 + pad("read", 12) + "written")
