@@ -1,3 +1,5 @@
+import BlockIO
+
 /// The qcow2 v3 on-disk header and the arithmetic of its tables
 /// (QEMU docs/interop/qcow2.txt). All fields are big-endian.
 public struct Qcow2Header: Equatable, Sendable {
@@ -45,6 +47,19 @@ public struct Qcow2Header: Equatable, Sendable {
     }
 
     public var clusterSize: Int { 1 << Int(clusterBits) }
+
+    /// Reads and parses the header of the qcow2 image at `path` (nothing else
+    /// of the image is read or checked).
+    public static func read(path: String) throws -> Qcow2Header {
+        let file = try BlockFile(path: path, mode: .read, direct: false)
+        var bytes = [UInt8](repeating: 0, count: Int(Qcow2Header.length))
+        let n = try bytes.withUnsafeMutableBytes { try file.read(into: $0.baseAddress!, count: $0.count, at: 0) }
+        do {
+            return try Qcow2Header(decoding: Array(bytes.prefix(n)))
+        } catch let error as ImageFormatError {
+            throw error.inImage(path)
+        }
+    }
 
     /// Serializes the fixed part of the header (`headerLength` bytes).
     public func encoded() -> [UInt8] {
