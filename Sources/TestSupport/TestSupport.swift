@@ -266,9 +266,11 @@ public final class DaemonProcess: @unchecked Sendable {
         var args = ["--socket", socket, "--state-dir", stateDir]
         if let bootIDFile { args += ["--boot-id-file", bootIDFile] }
         p.arguments = args + extraArguments
-        FileManager.default.createFile(atPath: logPath, contents: nil)
+        if !FileManager.default.fileExists(atPath: logPath) {
+            _ = FileManager.default.createFile(atPath: logPath, contents: nil)
+        }
         let output = FileHandle(forWritingAtPath: logPath)!
-        output.seekToEndOfFile()
+        _ = output.seekToEndOfFile()
         p.standardOutput = output
         p.standardError = output
         try p.run()
