@@ -59,19 +59,19 @@ struct CopySuite: ParsableCommand {
 
     func validate() throws {
         guard runs >= 1 else { throw ValidationError("--runs must be at least 1, not \(runs)") }
-        let bytes = try parsedSize()
+        let bytes = try parseSize(size, option: "--size")
         guard bytes > 0, bytes % (1 << 20) == 0 else {
             throw ValidationError("--size must be a positive multiple of 1 MiB, not \(size)")
         }
-        _ = try parsedSetups()
+        _ = try parseSetups(setups, option: "--setups")
     }
 
     mutating func run() throws {
         guard geteuid() == 0 else {
             throw BenchError("ringback-bench attaches loop devices and drops the page cache: run it as root")
         }
-        let sizeBytes = try parsedSize()
-        let kinds = try parsedSetups()
+        let sizeBytes = try parseSize(size, option: "--size")
+        let kinds = try parseSetups(setups, option: "--setups")
         let packageRoot = URL(fileURLWithPath: #filePath)
             .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
         let ringbackPath = ringback ?? ProcessInfo.processInfo.environment["RINGBACK_BIN"]
@@ -153,7 +153,7 @@ struct CopySuite: ParsableCommand {
             sizeBytes: sizeBytes, runs: runs, ringback: ringbackPath, cachesDropped: cachesDropped,
             setups: setupResults, ratios: BenchResults.ratios(of: setupResults))
         say(results.table())
-        try write(results, to: outputPath)
+        try writeResults(results, to: outputPath)
         say("\nresults: \(outputPath)")
 
         let failed = setupResults.flatMap { s in s.tools.filter { $0.error != nil }.map { "(\(s.setup)) \($0.tool)" } }
@@ -163,34 +163,6 @@ struct CopySuite: ParsableCommand {
         }
     }
 
-    private func parsedSize() throws -> UInt64 {
-        let units: [Character: UInt64] = ["K": 1 << 10, "M": 1 << 20, "G": 1 << 30]
-        var digits = size.uppercased()
-        var unit: UInt64 = 1
-        if let last = digits.last, let u = units[last] { unit = u; digits.removeLast() }
-        guard let n = UInt64(digits) else { throw ValidationError("--size: '\(size)' is not a size like 1G or 256M") }
-        return n * unit
-    }
-
-    private func parsedSetups() throws -> [SourceSetup.Kind] {
-        let kinds = try setups.split(separator: ",").map { name in
-            guard let kind = SourceSetup.Kind(rawValue: name.trimmingCharacters(in: .whitespaces).uppercased()) else {
-                throw ValidationError("--setups: unknown set-up '\(name)' (D or S)")
-            }
-            return kind
-        }
-        guard !kinds.isEmpty else { throw ValidationError("--setups: name at least one of D, S") }
-        return kinds
-    }
-
-    private func write(_ results: BenchResults, to path: String) throws {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
-        encoder.keyEncodingStrategy = .convertToSnakeCase
-        try FileManager.default.createDirectory(
-            atPath: (path as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
-        try encoder.encode(results).write(to: URL(fileURLWithPath: path), options: .atomic)
-    }
 }
 
 /// Makes a fresh folder `ringback-bench.XXXXXX` under `base`, removed on exit.

@@ -103,7 +103,7 @@ struct TrackingSuite: ParsableCommand {
             }
         }
         _ = try parsedParts()
-        _ = try parsedSetups()
+        _ = try parseSetups(fioSetups, option: "--fio-setups")
     }
 
     mutating func run() throws {
@@ -114,7 +114,7 @@ struct TrackingSuite: ParsableCommand {
         defer { Janitor.shared.cleanUp() }
 
         let wanted = try parsedParts()
-        let kinds = try parsedSetups()
+        let kinds = try parseSetups(fioSetups, option: "--fio-setups")
         let packageRoot = URL(fileURLWithPath: #filePath)
             .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
         let environment = ProcessInfo.processInfo.environment
@@ -174,7 +174,7 @@ struct TrackingSuite: ParsableCommand {
         }
         results.computeRatios()
         say(results.table())
-        try write(results, to: outputPath)
+        try writeResults(results, to: outputPath)
         say("\nresults: \(outputPath)")
         if !results.problems.isEmpty { throw ExitCode(1) }
     }
@@ -190,35 +190,6 @@ struct TrackingSuite: ParsableCommand {
         return Set(list)
     }
 
-    private func parsedSetups() throws -> [SourceSetup.Kind] {
-        let kinds = try fioSetups.split(separator: ",").map { name in
-            guard let kind = SourceSetup.Kind(rawValue: name.trimmingCharacters(in: .whitespaces).uppercased()) else {
-                throw ValidationError("--fio-setups: unknown set-up '\(name)' (D or S)")
-            }
-            return kind
-        }
-        guard !kinds.isEmpty else { throw ValidationError("--fio-setups: name at least one of D, S") }
-        return kinds
-    }
-
-    private func write(_ results: TrackingResults, to path: String) throws {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
-        encoder.keyEncodingStrategy = .convertToSnakeCase
-        try FileManager.default.createDirectory(
-            atPath: (path as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
-        try encoder.encode(results).write(to: URL(fileURLWithPath: path), options: .atomic)
-    }
-}
-
-/// "4G", "256M", "512K" or a number of bytes.
-func parseSize(_ text: String, option: String) throws -> UInt64 {
-    let units: [Character: UInt64] = ["K": 1 << 10, "M": 1 << 20, "G": 1 << 30]
-    var digits = text.uppercased()
-    var unit: UInt64 = 1
-    if let last = digits.last, let u = units[last] { unit = u; digits.removeLast() }
-    guard let n = UInt64(digits) else { throw ValidationError("\(option): '\(text)' is not a size like 4G or 256M") }
-    return n * unit
 }
 
 /// The state of one run of the suite: the daemon, what went wrong, and
