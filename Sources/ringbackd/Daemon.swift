@@ -84,12 +84,11 @@ final class Daemon: @unchecked Sendable {
 
     private func saveAll(inUse: Bool) throws {
         try locked {
-            for (path, var node) in nodes {
+            for (path, node) in nodes {
                 for b in node.bitmaps.bitmaps where b.isPersistent {
                     try node.bitmaps.save(b.name, to: state.bitmapFile(node: path, name: b.name),
                                           identity: node.identity, bootID: bootID, inUse: inUse)
                 }
-                nodes[path] = node
             }
             try state.saveTracked(StateFiles.Tracked(nodes: nodes.keys.sorted(), lossCounts: lossCounts))
         }
@@ -129,15 +128,15 @@ final class Daemon: @unchecked Sendable {
             locked { trackers[disk] = tracker }
         }
         let tracked = try tracker.track(device: path)
-        var node = Node(path: path, size: info.size, identity: Node.identity(of: info, disk: diskInfo), disk: disk,
+        let node = Node(path: path, size: info.size, identity: Node.identity(of: info, disk: diskInfo), disk: disk,
                         tracked: tracked, bitmaps: BitmapSet(device: path, deviceSize: info.size))
-        if loadBitmaps { loadPersistentBitmaps(into: &node) }
+        if loadBitmaps { loadPersistentBitmaps(into: node) }
         locked { nodes[path] = node }
         if startReader { tracker.start() }
         return reattached
     }
 
-    private func loadPersistentBitmaps(into node: inout Node) {
+    private func loadPersistentBitmaps(into node: Node) {
         let prefix = URL(fileURLWithPath: state.bitmapFile(node: node.path, name: "")).lastPathComponent
             .replacingOccurrences(of: ".bitmap", with: "")
         let files = (try? FileManager.default.contentsOfDirectory(atPath: state.bitmaps)) ?? []
@@ -169,8 +168,8 @@ final class Daemon: @unchecked Sendable {
         locked {
             lossCounts[disk] = result.lossCount
             if result.lostEvents {
-                for (path, node) in nodes where node.disk == disk {
-                    nodes[path]!.bitmaps.markInconsistent()
+                for node in nodes.values where node.disk == disk {
+                    node.bitmaps.markInconsistent()
                 }
             }
         }
@@ -205,10 +204,13 @@ final class Daemon: @unchecked Sendable {
     func withBitmaps<T>(_ node: String, _ body: (inout BitmapSet) throws -> T) throws -> T {
         let path = try resolve(node)
         let result = try locked { () throws -> T in
-            guard var n = nodes[path] else { throw CommandError("Cannot find device='\(node)' nor node-name='\(node)': it is not tracked") }
+            guard let n = nodes[path] else { throw CommandError("Cannot find device='\(node)' nor node-name='\(node)': it is not tracked") }
             do {
-                let r = try body(&n.bitmaps)
-                nodes[path] = n
+                // On a copy, so that a body that fails part-way (remove, then
+                // add) leaves the device's bitmaps as they were.
+                var bitmaps = n.bitmaps
+                let r = try body(&bitmaps)
+                n.bitmaps = bitmaps
                 return r
             } catch let e as BitmapError {
                 throw CommandError(e.message)

@@ -6,15 +6,29 @@ import WriteTracking
 
 /// A tracked device as the daemon holds it: its identity, its bitmaps, and
 /// the tracker that feeds them.
-struct Node {
+///
+/// A class, guarded by the daemon's lock: the tracker marks every completed
+/// write in `bitmaps`, and a struct in the daemon's dictionary was copied out
+/// and back on each of those marks (a profile of 130k writes/s showed the copy
+/// and its allocations as the reader's main cost).
+final class Node {
     /// The path the device is known by (resolved, e.g. /dev/loop3).
     let path: String
     let size: UInt64
     let identity: DeviceIdentity
     /// The whole disk whose tracefs instance reports this device's writes.
     let disk: String
-    var tracked: TrackedDevice
+    let tracked: TrackedDevice
     var bitmaps: BitmapSet
+
+    init(path: String, size: UInt64, identity: DeviceIdentity, disk: String, tracked: TrackedDevice, bitmaps: BitmapSet) {
+        self.path = path
+        self.size = size
+        self.identity = identity
+        self.disk = disk
+        self.tracked = tracked
+        self.bitmaps = bitmaps
+    }
 
     /// The identity a persistent bitmap is bound to (DESIGN §5): whole-disk
     /// dev_t, partition start, size, file-system UUID, and a serial — for a
