@@ -131,3 +131,20 @@ enum Sys {
         }
     }
 }
+
+/// Directory listing shared by the modules that read sysfs and tracefs.
+public enum Directory {
+    /// The names in a directory, without "." and "..".
+    public static func names(_ path: String) throws(SystemError) -> [String] {
+        guard let dir = opendir(path) else { throw SystemError(errno: errno, "list \(path)") }
+        defer { closedir(dir) }
+        var names: [String] = []
+        while let entry = readdir(dir) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
+                String(cString: raw.bindMemory(to: CChar.self).baseAddress!)
+            }
+            if name != "." && name != ".." { names.append(name) }
+        }
+        return names
+    }
+}

@@ -88,16 +88,7 @@ enum Sys {
 
     /// The names in a directory, without "." and "..".
     static func listDirectory(_ path: String) throws(SystemError) -> [String] {
-        guard let dir = opendir(path) else { throw SystemError(errno: errno, "list \(path)") }
-        defer { closedir(dir) }
-        var names: [String] = []
-        while let entry = readdir(dir) {
-            let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
-                String(cString: raw.bindMemory(to: CChar.self).baseAddress!)
-            }
-            if name != "." && name != ".." { names.append(name) }
-        }
-        return names
+        try Directory.names(path)
     }
 
     /// mount -t tracefs nodev `target`.
