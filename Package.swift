@@ -36,6 +36,8 @@ let package = Package(
         .target(name: "BlockDevices", dependencies: ["CBlkid", "CShim", "BlockIO"]),
         .target(name: "Images", dependencies: ["CXXHash", "CZstd", "CZlib", "CShim", "BlockIO"]),
         .target(name: "DirtyBitmaps", dependencies: ["BlockIO"]),
+        // The job model's tables (DESIGN §9): statuses, verbs, error policies.
+        .target(name: "Jobs"),
         // QMP messages, client and server, shared by the CLI and ringbackd.
         .target(name: "ControlProtocol"),
         .target(name: "WriteTracking", dependencies: ["BlockIO", "BlockDevices"]),
@@ -45,7 +47,7 @@ let package = Package(
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .executableTarget(name: "ringbackd", dependencies: [
-            "Backup", "BlockDevices", "BlockIO", "Images", "ControlProtocol", "DirtyBitmaps", "WriteTracking",
+            "Backup", "BlockDevices", "BlockIO", "Images", "ControlProtocol", "DirtyBitmaps", "WriteTracking", "Jobs",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
 
@@ -64,6 +66,9 @@ let package = Package(
             "DirtyBitmaps", "BlockIO", "TestSupport", .product(name: "PropertyBased", package: "swift-property-based"),
         ]),
         .testTarget(name: "WriteTrackingTests", dependencies: ["WriteTracking", "BlockIO", "BlockDevices", "TestSupport"]),
+        .testTarget(name: "JobsTests", dependencies: [
+            "Jobs", .product(name: "PropertyBased", package: "swift-property-based"),
+        ]),
         .testTarget(name: "DaemonTests", dependencies: ["ControlProtocol", "TestSupport"]),
         .testTarget(name: "BackupTests", dependencies: ["Backup", "BlockDevices", "BlockIO", "Images", "TestSupport"]),
     ]

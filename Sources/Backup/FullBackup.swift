@@ -18,6 +18,9 @@ public struct BackupRequest: Sendable {
     public var options = CopyOptions()
     /// Replace an existing image file.
     public var force = false
+    /// Leave the finished image under its `.partial` name for `PendingImage`
+    /// to publish or discard (a job publishes only when it is finalized).
+    public var publishLater = false
 
     public init(device: String, target: String) {
         self.device = device
@@ -97,7 +100,7 @@ public enum FullBackup {
         let sink = BackupSink(target: output.target, clusterSize: cs, deviceSize: size)
         let plan = ChunkPlan(deviceSize: size, clusterSize: cs, chunkSize: request.options.chunkSize)
         let stats = try output.fill(plan: plan, source: source, sink: sink, options: request.options,
-                                    control: control, warn: warn)
+                                    control: control, publishLater: request.publishLater, warn: warn)
         return BackupSummary(
             device: request.device, image: image, digests: output.partial == nil ? nil : DigestFile.path(forImage: image),
             format: request.format.rawValue, engine: stats.engine, size: size, clusterSize: cs,
@@ -137,7 +140,7 @@ struct ImageOutput {
     /// Runs the copy, finishes the image, renames it into place and writes its
     /// digests; on any failure the partial file is removed.
     func fill(plan: ChunkPlan, source: BlockFile, sink: BackupSink, options: CopyOptions,
-              control: CopyControl, warn: (String) -> Void) throws -> CopyStats {
+              control: CopyControl, publishLater: Bool, warn: (String) -> Void) throws -> CopyStats {
         do {
             let stats = try CopyEngine.run(plan: plan, source: source, target: file, sink: sink,
                                            options: options, control: control, warn: warn)
@@ -149,12 +152,16 @@ struct ImageOutput {
             case .rawDevice: break
             }
             if let partial {
-                try AtomicFile.rename(partial, to: image)
-                try sink.digests.write(to: DigestFile.path(forImage: image))
+                if publishLater {
+                    try sink.digests.write(to: DigestFile.path(forImage: partial))
+                } else {
+                    try AtomicFile.rename(partial, to: image)
+                    try sink.digests.write(to: DigestFile.path(forImage: image))
+                }
             }
             return stats
         } catch {
-            if let partial { unlink(partial) }
+            if let partial { PendingImage.discard(image: image, partial: partial) }
             throw error
         }
     }
@@ -165,3 +172,29 @@ struct ImageOutput {
     }
 }
 
+
+/// A finished image still under its `.partial` name (a backup run with
+/// `publishLater`): a job publishes it when it is finalized and discards it
+/// when it aborts, so that no image of a failed or cancelled job ever appears
+/// under a name that looks restorable.
+public enum PendingImage {
+    /// Renames the image and then its digest file into place.
+    public static func publish(image: String) throws {
+        let partial = ImageOutput.partialPath(image)
+        try AtomicFile.rename(partial, to: image)
+        let digests = DigestFile.path(forImage: partial)
+        if FileManager.default.fileExists(atPath: digests) {
+            try AtomicFile.rename(digests, to: DigestFile.path(forImage: image))
+        }
+    }
+
+    /// Removes the partial image and its digests, if any.
+    public static func discard(image: String) {
+        discard(image: image, partial: ImageOutput.partialPath(image))
+    }
+
+    static func discard(image: String, partial: String) {
+        unlink(partial)
+        unlink(DigestFile.path(forImage: partial))
+    }
+}

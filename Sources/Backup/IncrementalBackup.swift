@@ -15,6 +15,8 @@ public struct IncrementalRequest: Sendable {
     /// Engine knobs; the cluster size is always the previous image's.
     public var options = CopyOptions()
     public var force = false
+    /// See `BackupRequest.publishLater`.
+    public var publishLater = false
 
     public init(device: String, previousImage: String, target: String, changed: [Extent]?) {
         self.device = device
@@ -85,7 +87,7 @@ public enum IncrementalBackup {
             : ChunkPlan(extents: request.changed!, deviceSize: source.size, clusterSize: options.clusterSize,
                         chunkSize: options.chunkSize)
         let stats = try output.fill(plan: plan, source: source, sink: sink, options: options,
-                                    control: control, warn: warn)
+                                    control: control, publishLater: request.publishLater, warn: warn)
         let summary = BackupSummary(
             device: request.device, image: request.target, digests: DigestFile.path(forImage: request.target),
             format: "qcow2", engine: stats.engine, size: source.size, clusterSize: baseline.clusterSize,

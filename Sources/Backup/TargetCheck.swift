@@ -4,9 +4,9 @@ import Foundation
 
 /// The refusals that keep a backup from writing where it must not: onto its own
 /// source, into a filesystem that lives on the source, over an existing image.
-enum TargetCheck {
+public enum TargetCheck {
     /// Checks `target` against `source`; returns true when the target is a block device.
-    static func validate(source: BlockFile, target: String, force: Bool) throws -> Bool {
+    public static func validate(source: BlockFile, target: String, force: Bool) throws -> Bool {
         var st = stat()
         let exists = stat(target, &st) == 0
         if !exists && errno != ENOENT { throw SystemError(errno: errno, "stat \(target)") }

@@ -13,8 +13,37 @@ public final class CopyControl: Sendable {
     private let done = Atomic<UInt64>(0)
     private let total = Atomic<UInt64>(0)
     private let read = Atomic<UInt64>(0)
+    private let idle = Atomic<Bool>(false)
+    private let completed = Mutex<[Extent]?>(nil)
+    private let faultHandler = Mutex<(@Sendable (CopyFault) -> CopyFaultDecision)?>(nil)
 
     public init(speedLimit: UInt64 = 0) { speed.store(speedLimit, ordering: .relaxed) }
+
+    /// Whether the engine has honoured a pause: it issues nothing and has no
+    /// I/O in flight, so progress holds still until `resume`.
+    public var isIdle: Bool { idle.load(ordering: .acquiring) }
+    /// Set by the engine when it is paused and drained, cleared when it goes on.
+    public func setIdle(_ value: Bool) { idle.store(value, ordering: .releasing) }
+
+    /// Asks the engine to log every chunk it completes (see `completedExtents`),
+    /// for a job that must later tell what it never copied.
+    public func recordCompletedChunks() { completed.withLock { if $0 == nil { $0 = [] } } }
+    /// The device ranges whose chunks were completely copied, in completion order;
+    /// empty unless `recordCompletedChunks` was called.
+    public var completedExtents: [Extent] { completed.withLock { $0 ?? [] } }
+
+    /// Decides what the engine does when a read or write fails for good (after
+    /// EINTR/EAGAIN retries). It runs on the engine's thread and may block, e.g.
+    /// while a job stays paused on an error; without a handler every fault fails
+    /// the copy.
+    public func onFault(_ handler: (@Sendable (CopyFault) -> CopyFaultDecision)?) {
+        faultHandler.withLock { $0 = handler }
+    }
+    /// The decision for `fault` (called by the engines).
+    public func decide(_ fault: CopyFault) -> CopyFaultDecision {
+        let handler = faultHandler.withLock { $0 }
+        return handler?(fault) ?? .fail
+    }
 
     /// Stops issuing new reads; I/O in flight completes. Progress holds still.
     public func pause() { pausedFlag.store(true, ordering: .releasing) }
@@ -46,6 +75,31 @@ public final class CopyControl: Sendable {
     }
     public func didRead(_ n: Int) { read.add(UInt64(n), ordering: .relaxed) }
     public func didFinish(_ n: Int) { done.add(UInt64(n), ordering: .relaxed) }
+    /// A chunk is completely copied.
+    public func didFinish(_ chunk: Chunk) {
+        done.add(UInt64(chunk.length), ordering: .relaxed)
+        completed.withLock { $0?.append(Extent(offset: chunk.offset, length: UInt64(chunk.length))) }
+    }
+}
+
+/// A read or write that failed for good.
+public struct CopyFault: Sendable {
+    public enum Operation: String, Sendable { case read, write }
+    public var operation: Operation
+    public var error: SystemError
+    /// Offset in the source (read) or target (write).
+    public var offset: UInt64
+    public init(operation: Operation, error: SystemError, offset: UInt64) {
+        self.operation = operation; self.error = error; self.offset = offset
+    }
+}
+
+/// What the engine does about a fault.
+public enum CopyFaultDecision: Sendable {
+    /// Issue the same I/O again.
+    case retry
+    /// End the copy with the fault's error.
+    case fail
 }
 
 /// What a finished copy did.

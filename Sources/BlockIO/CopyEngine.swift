@@ -66,16 +66,27 @@ struct SynchronousCopier {
         let buffer = AlignedBuffer(count: size, alignment: align)
         var limiter = RateLimiter()
         for chunk in plan.chunks {
-            while control.isPaused && !control.isCancelled { sleepSeconds(0.02) }
+            while control.isPaused && !control.isCancelled {
+                control.setIdle(true)
+                sleepSeconds(0.02)
+            }
+            control.setIdle(false)
             if control.isCancelled { throw CopyError.cancelled }
             let wait = limiter.delay(for: chunk.length, speed: control.speedLimit, now: monotonicNow())
             sleepSeconds(wait)
             limiter.issue(chunk.length)
 
             let want = CopyEngine.readLength(chunk, alignment: source.logicalBlockSize)
-            let got: Int
-            do { got = try source.read(into: buffer.pointer, count: want, at: chunk.offset) } catch {
-                throw CopyError.read(error, offset: chunk.offset)
+            var got = 0
+            while true {
+                do {
+                    got = try source.read(into: buffer.pointer, count: want, at: chunk.offset)
+                    break
+                } catch {
+                    if control.decide(CopyFault(operation: .read, error: error, offset: chunk.offset)) == .retry
+                        && !control.isCancelled { continue }
+                    throw CopyError.read(error, offset: chunk.offset)
+                }
             }
             guard got >= chunk.length else { throw CopyError.unexpectedEnd(path: source.path, offset: chunk.offset + UInt64(got)) }
             if chunk.length < size { memset(buffer.pointer + chunk.length, 0, size - chunk.length) }
@@ -85,14 +96,21 @@ struct SynchronousCopier {
             do { writes = try sink.plan(chunk, data: buffer.bytes) } catch { throw CopyError.sink("\(error)") }
             if !writes.isEmpty, let target {
                 for w in writes {
-                    do { try target.write(from: w.source, count: w.length, at: w.targetOffset) } catch {
-                        throw CopyError.write(error, offset: w.targetOffset)
+                    while true {
+                        do {
+                            try target.write(from: w.source, count: w.length, at: w.targetOffset)
+                            break
+                        } catch {
+                            let fault = CopyFault(operation: .write, error: error, offset: w.targetOffset)
+                            if control.decide(fault) == .retry && !control.isCancelled { continue }
+                            throw CopyError.write(error, offset: w.targetOffset)
+                        }
                     }
                     stats.bytesWritten += UInt64(w.length)
                 }
             }
             sink.written(chunk)
-            control.didFinish(chunk.length)
+            control.didFinish(chunk)
         }
         return stats
     }

@@ -136,6 +136,8 @@ final class IOUringCopier {
                     }
                 }
             }
+            // A pause is honoured once nothing is in flight: from then on progress holds still.
+            control.setIdle(failure == nil && control.isPaused && inflight == 0)
             if inflight == 0 {
                 if failure != nil || next == chunks.count { break }
                 sleepSeconds(timeout ?? 0.01)
@@ -222,7 +224,13 @@ final class IOUringCopier {
             let e = -result
             if (e == EAGAIN || e == EINTR) && failure == nil { queueRead(slot: s); return }
             let offset = chunk.offset + UInt64(slots[s].readDone)
-            fail(.read(SystemError(errno: e, "read \(source.path) at offset \(offset)"), offset: offset))
+            let error = SystemError(errno: e, "read \(source.path) at offset \(offset)")
+            if failure == nil && control.decide(CopyFault(operation: .read, error: error, offset: offset)) == .retry
+                && !control.isCancelled {
+                queueRead(slot: s)
+                return
+            }
+            fail(.read(error, offset: offset))
             return
         }
         slots[s].readDone += Int(result)
@@ -282,7 +290,13 @@ final class IOUringCopier {
             let e = result == 0 ? EIO : -result
             if (e == EAGAIN || e == EINTR) && failure == nil { queueWrite(slot: s, index: i); return }
             let offset = w.targetOffset + UInt64(slots[s].writeDone[i])
-            fail(.write(SystemError(errno: e, "write \(target!.path) at offset \(offset)"), offset: offset))
+            let error = SystemError(errno: e, "write \(target!.path) at offset \(offset)")
+            if failure == nil && control.decide(CopyFault(operation: .write, error: error, offset: offset)) == .retry
+                && !control.isCancelled {
+                queueWrite(slot: s, index: i)
+                return
+            }
+            fail(.write(error, offset: offset))
             return
         }
         slots[s].writeDone[i] += Int(result)
@@ -300,7 +314,7 @@ final class IOUringCopier {
         slots[s].writes = []
         slots[s].writeDone = []
         sink.written(chunk)
-        control.didFinish(chunk.length)
+        control.didFinish(chunk)
         free.append(s)
     }
 

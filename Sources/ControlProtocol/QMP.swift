@@ -125,6 +125,12 @@ public final class QMPClient {
         }
     }
 
+    /// Returns and forgets the events received so far.
+    public func takeEvents() -> [JSONValue] {
+        defer { events = [] }
+        return events
+    }
+
     /// Waits for the next event (or returns one already received).
     public func nextEvent() throws -> JSONValue {
         if !events.isEmpty { return events.removeFirst() }

@@ -127,10 +127,21 @@ extension BackupCommand {
         if let bitmapMode { args["bitmap-mode"] = .string(bitmapMode) }
         if rescan { args["x-rescan"] = .bool(true) }
         if speed.value > 0 { args["speed"] = .int(Int64(speed.value)) }
-        let reply: JSONValue
-        do { reply = try QMPClient(path: socket).execute("drive-backup", args) } catch {
+        // The job is followed by its events; its id names this CLI run.
+        let id = "cli-\(getpid())-\(Int(Date().timeIntervalSince1970))"
+        args["job-id"] = .string(id)
+        let client: QMPClient
+        do {
+            client = try QMPClient(path: socket)
+            try client.execute("drive-backup", args)
+        } catch {
             fail("\(error)")
         }
+        let outcome = waitForJobs(client, [id], json: true, quiet: true)[id] ?? .null
+        let data = outcome["data"] ?? .null
+        if outcome["event"]?.stringValue == "BLOCK_JOB_CANCELLED" { fail("backup of \(device) was cancelled") }
+        if let error = data["error"]?.stringValue { fail("backup of \(device) failed: \(error)") }
+        let reply = data["x-summary"] ?? .null
         if json { print(reply); return }
         let summary = reply["backup"] ?? reply
         let image = summary["image"]?.stringValue ?? "?"

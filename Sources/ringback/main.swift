@@ -8,7 +8,8 @@ struct Ringback: ParsableCommand {
         discussion: "Full backups through io_uring with O_DIRECT, per-cluster digests, restore and verification.",
         version: "0.1.0",
         subcommands: [BackupCommand.self, RestoreCommand.self, VerifyCommand.self, Devices.self, BenchCommand.self,
-                      TrackCommand.self, UntrackCommand.self, BitmapCommand.self, QMPCommand.self]
+                      TrackCommand.self, UntrackCommand.self, BitmapCommand.self, QMPCommand.self,
+                      JobsCommand.self, JobCommand.self, TransactionCommand.self]
     )
 }
 

@@ -11,7 +11,11 @@ extension Daemon {
         "qmp_capabilities", "query-version", "query-commands", "query-block",
         "block-dirty-bitmap-add", "block-dirty-bitmap-remove", "block-dirty-bitmap-clear",
         "block-dirty-bitmap-enable", "block-dirty-bitmap-disable", "block-dirty-bitmap-merge",
-        "drive-backup", "x-track-start", "x-track-stop", "x-tracker-barrier",
+        "drive-backup", "transaction", "query-jobs", "query-block-jobs",
+        "job-pause", "job-resume", "job-cancel", "job-complete", "job-finalize", "job-dismiss",
+        "block-job-pause", "block-job-resume", "block-job-cancel", "block-job-complete", "block-job-finalize",
+        "block-job-dismiss", "block-job-set-speed",
+        "x-track-start", "x-track-stop", "x-tracker-barrier",
     ]
 
     func handle(_ command: String, _ a: Arguments) throws -> JSONValue {
@@ -44,7 +48,7 @@ extension Daemon {
             let persistent = try a.optionalBool("persistent") ?? false
             let disabled = try a.optionalBool("disabled") ?? false
             try barrier(disk: node(path)!.disk)   // writes before the add do not count
-            try withBitmaps(path) { try $0.add(name: name, granularity: granularity, enabled: !disabled, persistent: persistent) }
+            _ = try withBitmaps(path) { try $0.add(name: name, granularity: granularity, enabled: !disabled, persistent: persistent) }
             return .object([:])
         case "block-dirty-bitmap-remove":
             let name = try a.string("name")
@@ -68,20 +72,61 @@ extension Daemon {
             return .object([:])
         case "block-dirty-bitmap-merge":
             let target = try a.string("target")
-            let sources = try a.array("bitmaps").map { v -> String in
-                if let s = v.stringValue { return s }
-                if let s = v["name"]?.stringValue { return s }
-                throw CommandError("Invalid parameter type for 'bitmaps', expected: array of names")
-            }
+            let sources = try bitmapNames(a)
             let path = try resolve(a.string("node"))
             if let n = node(path) { try barrier(disk: n.disk) }
             try withBitmaps(path) { try $0.merge(sources, into: target) }
             return .object([:])
         case "drive-backup":
             return try driveBackup(a)
+        case "transaction":
+            return try transaction(a)
+        case "query-jobs":
+            return .array(jobs.all.map(\.info))
+        case "query-block-jobs":
+            return .array(jobs.all.map(\.blockInfo))
+        case "job-pause", "job-resume", "job-cancel", "job-complete", "job-finalize", "job-dismiss":
+            try a.allow(["id"])
+            try jobVerb(String(command.dropFirst(4)), try a.string("id"))
+            return .object([:])
+        case "block-job-pause", "block-job-resume", "block-job-cancel", "block-job-complete", "block-job-finalize",
+             "block-job-dismiss":
+            // QEMU's older names: the job is named `device` (finalize and dismiss: `id`).
+            try a.allow(["device", "id", "force"])
+            let id = try a.optionalString("device") ?? a.string("id")
+            try jobVerb(String(command.dropFirst(10)), id)
+            return .object([:])
+        case "block-job-set-speed":
+            try a.allow(["device", "speed"])
+            guard let speed = try a.optionalInt("speed") else { throw CommandError("Parameter 'speed' is missing") }
+            try jobs.setSpeed(try a.string("device"), speed)
+            return .object([:])
         default:
             throw CommandError.commandNotFound(command)
         }
+    }
+}
+
+extension Daemon {
+    func jobVerb(_ verb: String, _ id: String) throws {
+        switch verb {
+        case "pause": try jobs.pause(id)
+        case "resume": try jobs.resume(id)
+        case "cancel": try jobs.cancel(id)
+        case "complete": try jobs.complete(id)
+        case "finalize": try jobs.finalize(id)
+        default: try jobs.dismiss(id)
+        }
+    }
+}
+
+/// The names of `block-dirty-bitmap-merge`'s `bitmaps`: strings, or QEMU's
+/// `{"node": ..., "name": ...}` objects.
+func bitmapNames(_ a: Arguments) throws -> [String] {
+    try a.array("bitmaps").map { v -> String in
+        if let s = v.stringValue { return s }
+        if let s = v["name"]?.stringValue { return s }
+        throw CommandError("Invalid parameter type for 'bitmaps', expected: array of names")
     }
 }
 
@@ -104,6 +149,17 @@ struct Arguments {
         guard let v = values[key] else { return nil }
         guard let b = v.boolValue else { throw CommandError("Invalid parameter type for '\(key)', expected: boolean") }
         return b
+    }
+    func optionalObject(_ key: String) throws -> [String: JSONValue]? {
+        guard let v = values[key] else { return nil }
+        guard let o = v.objectValue else { throw CommandError("Invalid parameter type for '\(key)', expected: object") }
+        return o
+    }
+    /// Refuses arguments the command does not know, as QMP does.
+    func allow(_ keys: Set<String>) throws {
+        if let unexpected = values.keys.sorted().first(where: { !keys.contains($0) }) {
+            throw CommandError("Parameter '\(unexpected)' is unexpected")
+        }
     }
     func array(_ key: String) throws -> [JSONValue] {
         guard let v = values[key] else { throw CommandError("Parameter '\(key)' is missing") }

@@ -14,12 +14,16 @@ final class Daemon: @unchecked Sendable {
     let state: StateFiles
     let bootIDPath: String
     let bufferKiB: Int
-    private let lock = NSLock()
+    /// Recursive: a transaction holds it from its first prepare to its last
+    /// commit and calls the same methods that commands call alone.
+    private let lock = NSRecursiveLock()
     private var nodes: [String: Node] = [:]
     private var trackers: [String: WriteTracker] = [:]   // disk path → tracker
     private var lossCounts: [String: UInt64] = [:]
     /// Set by the server once it runs, so commands can emit events.
     var emit: (String, JSONValue) -> Void = { _, _ in }
+    /// The jobs; their lock is always taken before this daemon's.
+    private(set) lazy var jobs = JobList(daemon: self)
 
     init(stateDirectory: String, bootIDPath: String, bufferKiB: Int) {
         state = StateFiles(root: stateDirectory)
@@ -29,7 +33,7 @@ final class Daemon: @unchecked Sendable {
 
     var bootID: String { currentBootID(from: bootIDPath) }
 
-    private func locked<T>(_ body: () throws -> T) rethrows -> T {
+    func locked<T>(_ body: () throws -> T) rethrows -> T {
         lock.lock()
         defer { lock.unlock() }
         return try body()
@@ -73,6 +77,14 @@ final class Daemon: @unchecked Sendable {
     /// in-use flag cleared, and leave the tracefs instances recording so that
     /// the next daemon re-attaches without a gap.
     func shutdown() {
+        // Running jobs are cancelled: their images are discarded and their
+        // bitmaps reclaimed, so the next daemon starts from a known state.
+        for job in jobs.active {
+            log("cancelling job '\(job.id)' (\(job.work.device)) for shutdown")
+            try? jobs.cancel(job.id)
+        }
+        let deadline = Date().addingTimeInterval(30)
+        while !jobs.active.isEmpty && Date() < deadline { usleep(10_000) }
         for disk in locked({ Array(trackers.keys) }) { try? barrier(disk: disk) }
         try? saveAll(inUse: false)
         let all = locked { () -> [WriteTracker] in
@@ -82,7 +94,7 @@ final class Daemon: @unchecked Sendable {
         for t in all { try? t.stop(removeInstance: false) }
     }
 
-    private func saveAll(inUse: Bool) throws {
+    func saveAll(inUse: Bool) throws {
         try locked {
             for (path, node) in nodes {
                 for b in node.bitmaps.bitmaps where b.isPersistent {
@@ -245,4 +257,19 @@ final class Daemon: @unchecked Sendable {
     }
 
     func node(_ path: String) -> Node? { locked { nodes[path] } }
+
+    /// Ends a finished job's bitmap freeze and saves the bitmaps.
+    func endFreeze(of work: BackupWork, succeeded: Bool, completed: [Extent]) {
+        guard work.bitmap != nil else { return }
+        locked {
+            guard let node = nodes[work.device] else { return }
+            work.endFreeze(in: node, succeeded: succeeded, completed: completed)
+        }
+        do { try saveAll(inUse: true) } catch { log("cannot save bitmaps: \(error)") }
+    }
+
+    // MARK: catalog
+
+    func catalogStarted(_ job: Job) {}
+    func catalogFinished(_ job: Job, succeeded: Bool) {}
 }

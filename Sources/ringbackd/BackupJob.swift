@@ -1,0 +1,233 @@
+import Backup
+import BlockIO
+import ControlProtocol
+import DirtyBitmaps
+import Foundation
+import Images
+import Jobs
+
+/// One backup job's work (DESIGN §9): checked and frozen at its point in time
+/// in a transaction's prepare, copied by the job's thread, and published or
+/// discarded when the job is finalized. Nothing of it is visible as a restore
+/// point before `commit` renames the image into place.
+final class BackupWork: @unchecked Sendable {
+    let device: String
+    let deviceSize: UInt64
+    let image: String
+    let previous: String?
+    let sync: String
+    let bitmap: String?
+    let mode: BitmapSyncMode?
+    let rescan: Bool
+    let format: ImageFormatChoice
+    let compression: Qcow2Writer.Compression
+    let options: CopyOptions
+    let force: Bool
+    let onSourceError: ErrorPolicy
+    let onTargetError: ErrorPolicy
+    /// Set in prepare: an inconsistent bitmap re-armed by this rescan.
+    private(set) var rearmed = false
+    /// Set in prepare: the frozen parent, i.e. the granules an incremental copies.
+    private(set) var frozen: DirtyBitmap?
+    /// The copy's result, for the completion event and the catalog.
+    var summary: JSONValue?
+
+    /// Parses and checks `drive-backup`'s arguments as QEMU does; no side effects.
+    init(_ a: Arguments, daemon: Daemon) throws {
+        try a.allow(["job-id", "device", "target", "format", "mode", "sync", "bitmap", "bitmap-mode", "speed",
+                     "compress", "on-source-error", "on-target-error", "auto-finalize", "auto-dismiss", "x-perf",
+                     "x-rescan", "x-previous"])
+        device = try daemon.resolve(a.string("device"))
+        let target = try a.string("target")
+        sync = try a.string("sync")
+        guard ["full", "incremental", "bitmap"].contains(sync) else {
+            throw CommandError("Parameter 'sync' does not accept value '\(sync)' (full, incremental or bitmap)")
+        }
+        bitmap = try a.optionalString("bitmap")
+        var mode = try a.optionalString("bitmap-mode").map { s -> BitmapSyncMode in
+            guard let m = BitmapSyncMode(rawValue: s) else { throw CommandError("Parameter 'bitmap-mode' does not accept value '\(s)'") }
+            return m
+        }
+        rescan = try a.optionalBool("x-rescan") ?? false
+        if sync != "full" && bitmap == nil {
+            throw CommandError("must provide a valid bitmap name for '\(sync)' sync mode")
+        }
+        if sync == "incremental" {
+            if let m = mode, m != .onSuccess {
+                throw CommandError("Bitmap sync mode must be 'on-success' when using sync mode 'incremental'")
+            }
+            mode = .onSuccess
+        }
+        if bitmap != nil && mode == nil { throw CommandError("Bitmap sync mode must be given when providing a bitmap") }
+        if sync == "full" && mode == .never {
+            throw CommandError("Bitmap sync mode 'never' has no meaningful effect when combined with sync mode 'full'")
+        }
+        if bitmap == nil && mode != nil { throw CommandError("Cannot specify bitmap sync mode without a bitmap") }
+        self.mode = mode
+        if let bitmap {
+            guard let n = daemon.node(device), n.bitmaps[bitmap] != nil else {
+                throw CommandError("Dirty bitmap '\(bitmap)' not found")
+            }
+        }
+        deviceSize = daemon.node(device)?.size ?? 0
+
+        // Where the image goes: a chain folder, or a file (a full backup) with
+        // x-previous naming the image an incremental builds on.
+        let modeArg = try a.optionalString("mode") ?? "absolute-paths"
+        guard ["existing", "absolute-paths"].contains(modeArg) else {
+            throw CommandError("Parameter 'mode' does not accept value '\(modeArg)' (existing or absolute-paths)")
+        }
+        if modeArg == "existing" && !FileManager.default.fileExists(atPath: target) {
+            throw CommandError("Could not open '\(target)': No such file or directory (mode 'existing')")
+        }
+        if ChainDirectory.isDirectory(target) {
+            let chain = ChainDirectory(path: target)
+            if sync == "full" {
+                image = chain.next(.full); previous = nil
+            } else {
+                guard let newest = chain.newest else {
+                    throw CommandError("no full backup in \(target) for an incremental to build on; take a full backup first")
+                }
+                image = chain.next(.inc); previous = newest
+            }
+        } else {
+            image = target
+            previous = sync == "full" ? nil : try a.optionalString("x-previous")
+            if sync != "full" && previous == nil {
+                throw CommandError("an incremental backup needs 'target' to be the chain's folder, or 'x-previous' naming the image it builds on")
+            }
+        }
+        force = modeArg == "existing"
+
+        let formatName = try a.optionalString("format") ?? "qcow2"
+        guard let f = ImageFormatChoice(rawValue: formatName) else {
+            throw CommandError("Parameter 'format' does not accept value '\(formatName)' (qcow2 or raw)")
+        }
+        format = f
+        if sync != "full" && format != .qcow2 { throw CommandError("an incremental backup is a qcow2 overlay; 'format' must be qcow2") }
+        compression = try a.optionalBool("compress") == true ? .zstd : .none
+        if compression != .none && format != .qcow2 { throw CommandError("'compress' needs format qcow2") }
+
+        var options = CopyOptions()
+        if let speed = try a.optionalInt("speed") {
+            guard speed >= 0 else { throw CommandError("Parameter 'speed' expects a non-negative value") }
+            options.speedLimit = UInt64(speed)
+        }
+        if let perf = try a.optionalObject("x-perf") {
+            let p = Arguments(values: perf)
+            try p.allow(["max-workers", "max-chunk", "use-copy-range"])
+            if let w = try p.optionalInt("max-workers") { options.queueDepth = Int(w) }
+            if let c = try p.optionalInt("max-chunk"), c > 0 { options.chunkSize = Int(c) }
+        }
+        do { try options.validate() } catch { throw CommandError("\(error)") }
+        self.options = options
+        onSourceError = try Self.policy(a, "on-source-error")
+        onTargetError = try Self.policy(a, "on-target-error")
+
+        // QEMU's last checks: the target must not be the source or on it.
+        do {
+            let source = try BlockFile(path: device, mode: .read, direct: false)
+            _ = try TargetCheck.validate(source: source, target: image, force: force)
+        } catch let e as BackupError {
+            throw CommandError(e.description)
+        }
+    }
+
+    private static func policy(_ a: Arguments, _ key: String) throws -> ErrorPolicy {
+        guard let s = try a.optionalString(key) else { return .report }
+        guard let p = ErrorPolicy(rawValue: s) else {
+            throw CommandError("Parameter '\(key)' does not accept value '\(s)' (report, ignore, stop or enospc)")
+        }
+        return p
+    }
+
+    /// Freezes the bitmap at the transaction's point in time: a successor takes
+    /// the writes from now on. An inconsistent bitmap is refused, unless a
+    /// rescan re-arms it. Runs under the daemon's lock, after the barrier.
+    func freeze(in node: Node) throws {
+        guard let name = bitmap else { return }
+        guard let b = node.bitmaps[name] else { throw CommandError("Dirty bitmap '\(name)' not found") }
+        do {
+            if b.isInconsistent {
+                guard rescan && sync != "full" else {
+                    throw CommandError("Bitmap '\(name)' on \(device) is inconsistent: writes to the device may have been "
+                                       + "missed (lost trace events, a crash, or a reboot). Run the incremental with --rescan "
+                                       + "(x-rescan) to re-read the whole device against the previous backup's digests.")
+                }
+                // Re-arm: a fresh bitmap records from now; the rescan covers everything before.
+                let old = try node.bitmaps.remove(name)
+                try node.bitmaps.add(name: name, granularity: old.granularity, enabled: true, persistent: old.isPersistent)
+                rearmed = true
+            } else {
+                frozen = try node.bitmaps.createSuccessor(name)
+            }
+        } catch let e as BitmapError {
+            throw CommandError(e.message)
+        }
+    }
+
+    /// The copy, on the job's thread. The image stays `.partial` until `publish`.
+    func run(control: CopyControl) throws -> JSONValue {
+        if bitmap != nil && mode == .always { control.recordCompletedChunks() }
+        if sync == "full" {
+            var request = BackupRequest(device: device, target: image)
+            request.format = format
+            request.compression = compression
+            request.options = options
+            request.force = force
+            request.publishLater = true
+            return try JSONValue.from(FullBackup.run(request, control: control))
+        }
+        let changed = rescan ? nil : frozen.map { Array($0.dirtyExtents) } ?? []
+        var request = IncrementalRequest(device: device, previousImage: previous!, target: image, changed: changed)
+        request.options = options
+        request.publishLater = true
+        return try JSONValue.from(IncrementalBackup.run(request, control: control))
+    }
+
+    /// The job succeeded and is finalized: the image gets its name.
+    func publish() throws {
+        if format == .raw && !FileManager.default.fileExists(atPath: ImageOutputPaths.partial(image)) { return }
+        try PendingImage.publish(image: image)
+    }
+
+    /// The job failed or was cancelled: the partial image goes away.
+    func discard() { PendingImage.discard(image: image) }
+
+    /// Ends the bitmap's freeze by QEMU's sync rule. A failed `always` job
+    /// merges back what it never copied: the planned granules minus the chunks
+    /// the engine completed.
+    func endFreeze(in node: Node, succeeded: Bool, completed: [Extent]) {
+        guard let name = bitmap, let mode else { return }
+        if rearmed {
+            // A failed rescan proves nothing about the writes before it.
+            if !succeeded, var b = node.bitmaps[name], !b.isBusy {
+                _ = try? node.bitmaps.remove(name)
+                b.markInconsistent()
+                try? node.bitmaps.add(b)
+            }
+            return
+        }
+        var uncopied: DirtyBitmap?
+        if !succeeded && mode == .always, let frozen {
+            var u = frozen
+            if sync == "full" {
+                u.isEnabled = true
+                u.clear()
+                u.setDirty(offset: 0, length: deviceSize)
+            }
+            for e in completed { u.reset(offset: e.offset, length: e.length) }
+            uncopied = u
+        }
+        do {
+            try node.bitmaps.finish(name, jobSucceeded: succeeded, mode: mode, uncopied: uncopied)
+        } catch {
+            log("cannot end the freeze of bitmap '\(name)' on \(device): \(error)")
+        }
+    }
+}
+
+/// The `.partial` naming the Backup module uses for an unpublished image.
+enum ImageOutputPaths {
+    static func partial(_ image: String) -> String { image + ".partial" }
+}
