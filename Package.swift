@@ -52,7 +52,7 @@ let package = Package(
         ]),
 
         // Loop devices, processes and the qemu-img oracles, for tests only.
-        .target(name: "TestSupport"),
+        .target(name: "TestSupport", dependencies: ["ControlProtocol"]),
 
         .testTarget(name: "BlockIOTests", dependencies: [
             "BlockIO", "TestSupport", .product(name: "PropertyBased", package: "swift-property-based"),

@@ -105,6 +105,13 @@ public final class QMPClient {
 
     deinit { close(fd) }
 
+    /// Makes every later wait for the daemon give up after `seconds` with an
+    /// error instead of blocking forever (tests, and callers with a deadline).
+    public func setTimeout(seconds: Double) {
+        var tv = timeval(tv_sec: Int(seconds), tv_usec: Int((seconds - Double(Int(seconds))) * 1e6))
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+    }
+
     /// Runs one command; returns its `return` value or throws its error.
     @discardableResult
     public func execute(_ command: String, _ arguments: [String: JSONValue] = [:]) throws -> JSONValue {
@@ -154,7 +161,11 @@ public final class QMPClient {
         while pending.isEmpty {
             var buf = [UInt8](repeating: 0, count: 65_536)
             let n = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-            if n < 0 { if errno == EINTR { continue }; throw CommandError("cannot read from ringbackd: \(String(cString: strerror(errno)))") }
+            if n < 0 {
+                if errno == EINTR { continue }
+                if errno == EAGAIN || errno == EWOULDBLOCK { throw CommandError("timed out waiting for ringbackd") }
+                throw CommandError("cannot read from ringbackd: \(String(cString: strerror(errno)))")
+            }
             if n == 0 { throw CommandError("ringbackd closed the connection") }
             do {
                 for object in try splitter.feed(buf[0..<n]) { pending.append(try JSONValue.parse(object)) }
