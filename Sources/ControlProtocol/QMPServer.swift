@@ -19,6 +19,12 @@ public final class QMPServer: @unchecked Sendable {
     private var listenFD: Int32 = -1
     private let lock = NSLock()
     private var clients: [Int32: Bool] = [:]   // fd → negotiated
+    /// One writer at a time per client: a reply (client thread) and an event
+    /// (any thread) must not interleave their bytes.
+    private var writeLocks: [Int32: NSLock] = [:]
+    /// A client that reads nothing for this long is dropped, so that events
+    /// sent to it cannot stall the daemon.
+    public static let sendTimeoutSeconds = 5
     private var stopped = false
     /// Largest message accepted from a client.
     public static let messageLimit = 1 << 20
@@ -105,7 +111,9 @@ public final class QMPServer: @unchecked Sendable {
                 close(fd)
                 continue
             }
-            lock.lock(); clients[fd] = false; lock.unlock()
+            var timeout = timeval(tv_sec: Self.sendTimeoutSeconds, tv_usec: 0)
+            setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+            lock.lock(); clients[fd] = false; writeLocks[fd] = NSLock(); lock.unlock()
             let t = Thread { [self] in serve(fd) }
             t.name = "ringbackd-client"
             t.start()
@@ -125,8 +133,14 @@ public final class QMPServer: @unchecked Sendable {
 
     private func serve(_ fd: Int32) {
         defer {
-            lock.lock(); clients[fd] = nil; lock.unlock()
+            lock.lock()
+            clients[fd] = nil
+            let writer = writeLocks.removeValue(forKey: fd)
+            lock.unlock()
+            // Wait out a send in progress before the number can be reused.
+            writer?.lock()
             close(fd)
+            writer?.unlock()
         }
         send(greeting, to: fd)
         var splitter = JSONStreamSplitter(limit: Self.messageLimit)
@@ -200,10 +214,26 @@ public final class QMPServer: @unchecked Sendable {
 
     private func send(_ value: JSONValue, to fd: Int32) {
         let data = Array((value.description + "\r\n").utf8)
+        lock.lock()
+        let writer = writeLocks[fd]
+        lock.unlock()
+        writer?.lock()
+        defer { writer?.unlock() }
+        // The client may have gone (and its number been closed) meanwhile.
+        if writer != nil {
+            lock.lock(); let live = writeLocks[fd] === writer; lock.unlock()
+            guard live else { return }
+        }
         var off = 0
         while off < data.count {
             let n = data[off...].withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
-            if n < 0 { if errno == EINTR { continue }; return }
+            if n < 0 {
+                if errno == EINTR { continue }
+                // A client that stopped reading (send timed out) or went away:
+                // end its connection; its thread cleans up.
+                shutdown(fd, Int32(SHUT_RDWR))
+                return
+            }
             off += n
         }
     }

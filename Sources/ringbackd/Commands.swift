@@ -15,7 +15,7 @@ extension Daemon {
         "job-pause", "job-resume", "job-cancel", "job-complete", "job-finalize", "job-dismiss",
         "block-job-pause", "block-job-resume", "block-job-cancel", "block-job-complete", "block-job-finalize",
         "block-job-dismiss", "block-job-set-speed",
-        "x-track-start", "x-track-stop", "x-tracker-barrier",
+        "x-track-start", "x-track-stop", "x-tracker-barrier", "x-verify", "x-restore",
     ]
 
     func handle(_ command: String, _ a: Arguments) throws -> JSONValue {
@@ -81,6 +81,26 @@ extension Daemon {
             return try driveBackup(a)
         case "transaction":
             return try transaction(a)
+        case "x-verify":
+            // Runs on the asking client's thread: other clients are served meanwhile.
+            try a.allow(["image", "against"])
+            let image = try a.string("image")
+            do {
+                if let device = try a.optionalString("against") {
+                    return try JSONValue.from(Verify.againstDevice(image: image, device: device))
+                }
+                return try JSONValue.from(Verify.againstDigests(image: image))
+            } catch let e as CommandError { throw e } catch { throw CommandError("cannot verify \(image): \(error)") }
+        case "x-restore":
+            try a.allow(["image", "target", "force", "verify"])
+            let image = try a.string("image"), target = try a.string("target")
+            if let path = try? resolve(target), let job = jobs.all.first(where: { $0.work.device == path && $0.copying }) {
+                throw CommandError("\(target) is the source of job '\(job.id)'; cancel it before restoring onto the device")
+            }
+            do {
+                return try JSONValue.from(Restore.run(image: image, to: target, force: try a.optionalBool("force") ?? false,
+                                                      verifyFirst: try a.optionalBool("verify") ?? true))
+            } catch let e as CommandError { throw e } catch { throw CommandError("\(error)") }
         case "query-jobs":
             return .array(jobs.all.map(\.info))
         case "query-block-jobs":
