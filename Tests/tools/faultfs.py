@@ -219,6 +219,14 @@ def main():
     backing, mountpoint = sys.argv[1], sys.argv[2]
     if not os.path.isfile(backing):
         sys.exit("faultfs: %s is not a regular file" % backing)
+    # A parent may start us with these signals blocked (a Swift test's worker
+    # thread blocks nearly all, and the mask survives exec) or ignored; then
+    # libfuse, which installs its handlers only over SIG_DFL, would never see
+    # SIGTERM. Take them back before the loop starts.
+    stop_signals = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+    for s in stop_signals:
+        signal.signal(s, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, stop_signals)
     threading.Thread(target=watch_parent, daemon=True).start()
     # direct_io: no FUSE page cache, every read reaches us (see above).
     # big_writes: libfuse 2 splits writes into 4 KiB requests without it.
