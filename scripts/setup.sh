@@ -17,6 +17,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 packages=(
     liburing-dev libblkid-dev libxxhash-dev libzstd-dev zlib1g-dev pkg-config
     qemu-utils fio e2fsprogs util-linux fdisk xfsprogs python3
+    fuse3 python3-fusepy
 )
 
 if ! command -v dpkg-query >/dev/null 2>&1 || ! command -v apt-get >/dev/null 2>&1; then
@@ -54,6 +55,12 @@ done
 for tool in qemu-img fio losetup mkfs.ext4 mkfs.xfs sfdisk partx python3; do
     command -v "$tool" >/dev/null 2>&1 || problems+=("command $tool")
 done
+# faultfs (Tests/tools/faultfs.py) runs under Debian's interpreter, the one
+# python3-fusepy installs its module (`fusepy`) for.
+command -v fusermount3 >/dev/null 2>&1 || command -v fusermount >/dev/null 2>&1 ||
+    problems+=("command fusermount3 or fusermount")
+/usr/bin/python3 -c 'import fusepy' >/dev/null 2>&1 ||
+    problems+=("python module fusepy for /usr/bin/python3 (faultfs)")
 
 if ! rb_find_swift; then
     problems+=("swift (not on PATH and not in $RB_SWIFT_HOME; install a Swift 6 toolchain for Linux and put its usr/bin on PATH)")
@@ -81,6 +88,10 @@ if [[ ! -e /dev/loop-control ]] && ((EUID == 0)); then
     modprobe loop 2>/dev/null || true
 fi
 [[ -e /dev/loop-control ]] || notes+=("no /dev/loop-control: loop-device tests will skip")
+if [[ ! -e /dev/fuse ]] && ((EUID == 0)); then
+    modprobe fuse 2>/dev/null || true
+fi
+[[ -e /dev/fuse ]] || notes+=("no /dev/fuse: the faulty-device tests will fail (modprobe fuse)")
 if [[ -r /proc/sys/kernel/io_uring_disabled ]] && [[ $(</proc/sys/kernel/io_uring_disabled) != 0 ]]; then
     notes+=("io_uring is disabled (kernel.io_uring_disabled=$(</proc/sys/kernel/io_uring_disabled)): the pread/pwrite fallback will be used")
 fi

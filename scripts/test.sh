@@ -24,12 +24,14 @@ if [[ ${CI:-} == true ]] && ((EUID == 0)); then
 fi
 
 # What the tests could leave behind: loop devices over their backing files
-# (TestSupport names them ringback-test.*; the demo's and the benchmark's own
-# devices are not the tests' business) and ringback's tracefs instances.
+# (TestSupport names them ringback-test.* and ringback-faultfs.*; the demo's and
+# the benchmark's own devices are not the tests' business), faultfs mounts and
+# ringback's tracefs instances.
 leftovers() {
     losetup --list --noheadings --raw --output NAME,BACK-FILE 2>/dev/null |
         awk '$2 ~ /ringback/ && $2 !~ /ringback-(demo|bench)\./ {
                  gsub(/\\x20/, " ", $2); print "loop device " $1 " over " $2 }'
+    awk '$3 == "fuse.faultfs" { print "faultfs mount " $2 }' /proc/mounts
     local dir
     for dir in /sys/kernel/tracing/instances /sys/kernel/debug/tracing/instances; do
         [[ -d $dir ]] || continue
@@ -55,7 +57,7 @@ mapfile -t leaked < <(comm -13 <(printf '%s\n' "${before[@]}") <(leftovers | sor
 if ((${#leaked[@]} > 0)); then
     {
         echo
-        rb_warn "the tests leaked these (remove them with losetup -d / rmdir):"
+        rb_warn "the tests leaked these (remove them with losetup -d / umount / rmdir):"
         printf '  %s\n' "${leaked[@]}"
         echo
         echo "swift test summary, repeated:"

@@ -116,15 +116,19 @@ public final class LoopDevice: @unchecked Sendable {
         backingFile = (directory as NSString).appendingPathComponent(name)
         try Shell.check(["truncate", "-s", String(size), backingFile])
         try fill.apply(to: backingFile, size: size)
+        path = try Self.attach(backingFile, sectorSize: sectorSize, directIO: directIO)
+    }
+
+    /// Attaches `file` to a free loop device and returns its path (/dev/loopN).
+    static func attach(_ file: String, sectorSize: Int, directIO: Bool) throws -> String {
         var args = ["losetup", "-f", "--show", "--sector-size", String(sectorSize)]
         if directIO { args += ["--direct-io=on"] }
-        args.append(backingFile)
+        args.append(file)
         // losetup -f races with other tests attaching at the same moment; retry.
         var last: Error?
         for _ in 0..<5 {
             do {
-                path = try Shell.check(args).trimmingCharacters(in: .whitespacesAndNewlines)
-                return
+                return try Shell.check(args).trimmingCharacters(in: .whitespacesAndNewlines)
             } catch { last = error; usleep(100_000) }
         }
         throw last!
