@@ -39,6 +39,9 @@ public final class CopyControl: Sendable {
     public func onFault(_ handler: (@Sendable (CopyFault) -> CopyFaultDecision)?) {
         faultHandler.withLock { $0 = handler }
     }
+    /// The clock of `CopyFault.issuedAt`.
+    public static var now: Double { monotonicNow() }
+
     /// The decision for `fault` (called by the engines).
     public func decide(_ fault: CopyFault) -> CopyFaultDecision {
         let handler = faultHandler.withLock { $0 }
@@ -89,8 +92,11 @@ public struct CopyFault: Sendable {
     public var error: SystemError
     /// Offset in the source (read) or target (write).
     public var offset: UInt64
-    public init(operation: Operation, error: SystemError, offset: UInt64) {
-        self.operation = operation; self.error = error; self.offset = offset
+    /// When the failed I/O was issued (monotonic seconds, see `CopyControl.now`):
+    /// a failure of an I/O issued before the operator fixed the cause is stale.
+    public var issuedAt: Double
+    public init(operation: Operation, error: SystemError, offset: UInt64, issuedAt: Double) {
+        self.operation = operation; self.error = error; self.offset = offset; self.issuedAt = issuedAt
     }
 }
 

@@ -79,11 +79,12 @@ struct SynchronousCopier {
             let want = CopyEngine.readLength(chunk, alignment: source.logicalBlockSize)
             var got = 0
             while true {
+                let issued = monotonicNow()
                 do {
                     got = try source.read(into: buffer.pointer, count: want, at: chunk.offset)
                     break
                 } catch {
-                    if control.decide(CopyFault(operation: .read, error: error, offset: chunk.offset)) == .retry
+                    if control.decide(CopyFault(operation: .read, error: error, offset: chunk.offset, issuedAt: issued)) == .retry
                         && !control.isCancelled { continue }
                     throw CopyError.read(error, offset: chunk.offset)
                 }
@@ -97,11 +98,12 @@ struct SynchronousCopier {
             if !writes.isEmpty, let target {
                 for w in writes {
                     while true {
+                        let issued = monotonicNow()
                         do {
                             try target.write(from: w.source, count: w.length, at: w.targetOffset)
                             break
                         } catch {
-                            let fault = CopyFault(operation: .write, error: error, offset: w.targetOffset)
+                            let fault = CopyFault(operation: .write, error: error, offset: w.targetOffset, issuedAt: issued)
                             if control.decide(fault) == .retry && !control.isCancelled { continue }
                             throw CopyError.write(error, offset: w.targetOffset)
                         }

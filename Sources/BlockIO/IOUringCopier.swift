@@ -24,6 +24,8 @@ final class IOUringCopier {
         var writes: [PlannedWrite] = []
         var writeDone: [Int] = []
         var pendingWrites = 0
+        var readIssued = 0.0
+        var writeIssued: [Double] = []
     }
 
     private enum Op: UInt64 { case read = 0, write = 1 }
@@ -203,6 +205,7 @@ final class IOUringCopier {
     }
 
     private func queueRead(slot s: Int) {
+        slots[s].readIssued = monotonicNow()
         let slot = slots[s]
         let sqe = nextSQE()
         let dst = slot.buffer + slot.readDone
@@ -225,7 +228,8 @@ final class IOUringCopier {
             if (e == EAGAIN || e == EINTR) && failure == nil { queueRead(slot: s); return }
             let offset = chunk.offset + UInt64(slots[s].readDone)
             let error = SystemError(errno: e, "read \(source.path) at offset \(offset)")
-            if failure == nil && control.decide(CopyFault(operation: .read, error: error, offset: offset)) == .retry
+            if failure == nil && control.decide(CopyFault(operation: .read, error: error, offset: offset,
+                                                                         issuedAt: slots[s].readIssued)) == .retry
                 && !control.isCancelled {
                 queueRead(slot: s)
                 return
@@ -260,6 +264,7 @@ final class IOUringCopier {
         }
         slots[s].writes = writes
         slots[s].writeDone = Array(repeating: 0, count: writes.count)
+        slots[s].writeIssued = Array(repeating: 0, count: writes.count)
         slots[s].pendingWrites = writes.count
         for i in writes.indices { queueWrite(slot: s, index: i) }
     }
@@ -269,6 +274,7 @@ final class IOUringCopier {
     private func queueWrite(slot s: Int, index i: Int) {
         let w = slots[s].writes[i]
         let done = slots[s].writeDone[i]
+        slots[s].writeIssued[i] = monotonicNow()
         let sqe = nextSQE()
         let src = w.source + done
         let count = UInt32(w.length - done)
@@ -291,7 +297,8 @@ final class IOUringCopier {
             if (e == EAGAIN || e == EINTR) && failure == nil { queueWrite(slot: s, index: i); return }
             let offset = w.targetOffset + UInt64(slots[s].writeDone[i])
             let error = SystemError(errno: e, "write \(target!.path) at offset \(offset)")
-            if failure == nil && control.decide(CopyFault(operation: .write, error: error, offset: offset)) == .retry
+            if failure == nil && control.decide(CopyFault(operation: .write, error: error, offset: offset,
+                                                                          issuedAt: slots[s].writeIssued[i])) == .retry
                 && !control.isCancelled {
                 queueWrite(slot: s, index: i)
                 return

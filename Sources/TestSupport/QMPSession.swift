@@ -42,7 +42,15 @@ public final class QMPSession: @unchecked Sendable {
                 index += 1
                 if e["event"]?.stringValue == name, matching(e["data"] ?? .null) { return e }
             }
-            events.append(try client.nextEvent())
+            events.append(try next(waitingFor: name))
+        }
+    }
+
+    /// The next event; a timeout names what was awaited and the last events seen.
+    private func next(waitingFor what: String) throws -> JSONValue {
+        do { return try client.nextEvent() } catch {
+            let last = events.suffix(8).map(\.description).joined(separator: "\n  ")
+            throw CommandError("\(error) (waiting for \(what)); last events:\n  \(last)")
         }
     }
 
@@ -60,7 +68,7 @@ public final class QMPSession: @unchecked Sendable {
                     return e
                 }
             }
-            events.append(try client.nextEvent())
+            events.append(try next(waitingFor: "the end of job \(id)"))
         }
     }
 

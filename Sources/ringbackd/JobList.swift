@@ -196,6 +196,10 @@ final class JobList: @unchecked Sendable {
         let action = policy.action(errno: fault.error.errno, enospc: ENOSPC)
         let wait = DispatchSemaphore(value: 0)
         let decision: CopyFaultDecision? = locked {
+            // I/O that was in flight when a `stop` error paused the job fails
+            // the same way, but its completion may be reaped only after the
+            // resume: the operator has fixed the cause since, so retry it.
+            if let resumed = job.resumedFromErrorAt, fault.issuedAt < resumed, !job.cancelRequested { return .retry }
             job.ioStatus = fault.error.errno == ENOSPC ? "nospace" : "failed"
             emit("BLOCK_JOB_ERROR", .object([
                 "device": .string(job.id), "operation": .string(fault.operation.rawValue), "action": .string(action.rawValue),
@@ -222,6 +226,7 @@ final class JobList: @unchecked Sendable {
             job.stoppedOnError = nil
             if job.cancelRequested { return .fail }
             job.ioStatus = "ok"
+            job.resumedFromErrorAt = CopyControl.now
             return .retry
         }
     }
