@@ -31,6 +31,8 @@ let package = Package(
                        providers: [.apt(["libzstd-dev"])]),
         .systemLibrary(name: "CZlib", path: "Sources/CZlib", pkgConfig: "zlib",
                        providers: [.apt(["zlib1g-dev"])]),
+        .systemLibrary(name: "CSQLite", path: "Sources/CSQLite", pkgConfig: "sqlite3",
+                       providers: [.apt(["libsqlite3-dev"])]),
 
         .target(name: "BlockIO", dependencies: ["CLiburing", "CShim"]),
         .target(name: "BlockDevices", dependencies: ["CBlkid", "CShim", "BlockIO"]),
