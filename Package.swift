@@ -4,7 +4,8 @@ import PackageDescription
 /// ringback: full and incremental backups of Linux block devices.
 /// Layers (DESIGN.md §3): C shims at the bottom, then BlockIO (io_uring copy
 /// engine), BlockDevices (probing), Images (qcow2/raw, digests), Backup
-/// (the operations the CLI and daemon run), executables on top.
+/// (the operations the CLI and daemon run), Catalog (SQLite record of devices,
+/// chains and backups), executables on top.
 let package = Package(
     name: "ringback",
     platforms: [.macOS(.v15)],
@@ -44,6 +45,9 @@ let package = Package(
         .target(name: "ControlProtocol"),
         .target(name: "WriteTracking", dependencies: ["BlockIO", "BlockDevices"]),
         .target(name: "Backup", dependencies: ["BlockIO", "BlockDevices", "Images", "CShim"]),
+        // The backup catalog (devices, bitmaps, chains, backups) in one SQLite
+        // file, and the table and detail text the CLI prints from its records.
+        .target(name: "Catalog", dependencies: ["CSQLite"]),
         .executableTarget(name: "ringback", dependencies: [
             "Backup", "BlockDevices", "BlockIO", "Images", "ControlProtocol",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
