@@ -76,6 +76,9 @@ let package = Package(
             "Jobs", .product(name: "PropertyBased", package: "swift-property-based"),
         ]),
         .testTarget(name: "DaemonTests", dependencies: ["ControlProtocol", "TestSupport"]),
+        .testTarget(name: "CatalogTests", dependencies: [
+            "Catalog", "CSQLite", "TestSupport", .product(name: "PropertyBased", package: "swift-property-based"),
+        ]),
         .testTarget(name: "BackupTests", dependencies: ["Backup", "BlockDevices", "BlockIO", "Images", "TestSupport"]),
     ]
 )
