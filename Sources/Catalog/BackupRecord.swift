@@ -222,8 +222,13 @@ enum Timestamp {
 
     static func decode<K: CodingKey>(_ c: KeyedDecodingContainer<K>, _ key: K) throws -> Date {
         let s = try c.decode(String.self, forKey: key)
-        if let d = try? Date.ISO8601FormatStyle(includingFractionalSeconds: true).parse(s) { return d }
-        if let d = try? Date.ISO8601FormatStyle().parse(s) { return d }
+        // Through milliseconds, so that the Date is the one the catalog would
+        // have made of the same time (the parser's double arithmetic differs
+        // from ours in the last bit).
+        if let d = try? Date.ISO8601FormatStyle(includingFractionalSeconds: true).parse(s) {
+            return date(milliseconds: milliseconds(d))
+        }
+        if let d = try? Date.ISO8601FormatStyle().parse(s) { return date(milliseconds: milliseconds(d)) }
         throw DecodingError.dataCorruptedError(forKey: key, in: c,
                                                debugDescription: "'\(s)' is not an ISO 8601 time")
     }
