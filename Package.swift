@@ -49,7 +49,7 @@ let package = Package(
         // file, and the table and detail text the CLI prints from its records.
         .target(name: "Catalog", dependencies: ["CSQLite"]),
         .executableTarget(name: "ringback", dependencies: [
-            "Backup", "BlockDevices", "BlockIO", "Images", "ControlProtocol",
+            "Backup", "BlockDevices", "BlockIO", "Images", "ControlProtocol", "Catalog",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .executableTarget(name: "ringbackd", dependencies: [
