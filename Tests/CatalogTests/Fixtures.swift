@@ -49,9 +49,12 @@ let someFigures = BackupFigures(bytesRead: 64 << 20, bytesWritten: 3 << 20, imag
 final class ReadOnlyFolder {
     let path: String
     private var mounted = false
+    /// Held so that the temporary folder is removed only after the unmount.
+    private let parent: TemporaryDirectory
 
     /// An empty writable folder in `dir`, made read-only by `makeReadOnly()`.
     init(in dir: TemporaryDirectory) throws {
+        parent = dir
         path = dir.file("ro")
         try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: false)
         if TestEnvironment.isRoot {
