@@ -4,7 +4,8 @@ import PackageDescription
 /// ringback: full and incremental backups of Linux block devices.
 /// Layers (DESIGN.md §3): C shims at the bottom, then BlockIO (io_uring copy
 /// engine), BlockDevices (probing), Images (qcow2/raw, digests), Backup
-/// (the operations the CLI and daemon run), executables on top.
+/// (the operations the CLI and daemon run), Catalog (SQLite record of devices,
+/// chains and backups), executables on top.
 let package = Package(
     name: "ringback",
     platforms: [.macOS(.v15)],
@@ -31,6 +32,8 @@ let package = Package(
                        providers: [.apt(["libzstd-dev"])]),
         .systemLibrary(name: "CZlib", path: "Sources/CZlib", pkgConfig: "zlib",
                        providers: [.apt(["zlib1g-dev"])]),
+        .systemLibrary(name: "CSQLite", path: "Sources/CSQLite", pkgConfig: "sqlite3",
+                       providers: [.apt(["libsqlite3-dev"])]),
 
         .target(name: "BlockIO", dependencies: ["CLiburing", "CShim"]),
         .target(name: "BlockDevices", dependencies: ["CBlkid", "CShim", "BlockIO"]),
@@ -42,8 +45,11 @@ let package = Package(
         .target(name: "ControlProtocol"),
         .target(name: "WriteTracking", dependencies: ["BlockIO", "BlockDevices"]),
         .target(name: "Backup", dependencies: ["BlockIO", "BlockDevices", "Images", "CShim"]),
+        // The backup catalog (devices, bitmaps, chains, backups) in one SQLite
+        // file, and the table and detail text the CLI prints from its records.
+        .target(name: "Catalog", dependencies: ["CSQLite"]),
         .executableTarget(name: "ringback", dependencies: [
-            "Backup", "BlockDevices", "BlockIO", "Images", "ControlProtocol",
+            "Backup", "BlockDevices", "BlockIO", "Images", "ControlProtocol", "Catalog",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .executableTarget(name: "ringbackd", dependencies: [
@@ -70,6 +76,9 @@ let package = Package(
             "Jobs", .product(name: "PropertyBased", package: "swift-property-based"),
         ]),
         .testTarget(name: "DaemonTests", dependencies: ["ControlProtocol", "TestSupport"]),
+        .testTarget(name: "CatalogTests", dependencies: [
+            "Catalog", "CSQLite", "TestSupport", .product(name: "PropertyBased", package: "swift-property-based"),
+        ]),
         .testTarget(name: "BackupTests", dependencies: ["Backup", "BlockDevices", "BlockIO", "Images", "TestSupport"]),
     ]
 )

@@ -11,12 +11,13 @@ set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-# Build: the C libraries behind the CLiburing/CBlkid/CXXHash/CZstd targets and
-# pkg-config to find them. Tests and demo: the oracles and the tools that make
-# real devices and filesystems (DESIGN.md §13).
+# Build: the C libraries behind the CLiburing/CBlkid/CXXHash/CZstd/CZlib/CSQLite
+# targets and pkg-config to find them. Tests and demo: the oracles and the tools
+# that make real devices and filesystems (DESIGN.md §13); the sqlite3 shell
+# reads the catalog files the tests write.
 packages=(
-    liburing-dev libblkid-dev libxxhash-dev libzstd-dev zlib1g-dev pkg-config
-    qemu-utils fio e2fsprogs util-linux fdisk xfsprogs python3
+    liburing-dev libblkid-dev libxxhash-dev libzstd-dev zlib1g-dev libsqlite3-dev pkg-config
+    qemu-utils fio e2fsprogs util-linux fdisk xfsprogs python3 sqlite3
     fuse3 python3-fusepy
 )
 
@@ -49,10 +50,10 @@ fi
 
 # What the packages are for, checked by use rather than by name.
 problems=()
-for module in liburing blkid libxxhash libzstd zlib; do
+for module in liburing blkid libxxhash libzstd zlib sqlite3; do
     pkg-config --exists "$module" || problems+=("pkg-config module $module")
 done
-for tool in qemu-img fio losetup mkfs.ext4 mkfs.xfs sfdisk partx python3; do
+for tool in qemu-img fio losetup mkfs.ext4 mkfs.xfs sfdisk partx python3 sqlite3; do
     command -v "$tool" >/dev/null 2>&1 || problems+=("command $tool")
 done
 # faultfs (Tests/tools/faultfs.py) runs under Debian's interpreter, the one
