@@ -109,6 +109,14 @@ public struct DigestFile: Equatable, Sendable {
 
     /// The digest file that belongs to an image.
     public static func path(forImage image: String) -> String { image + ".digests" }
+
+    /// One digest of the whole device content the file describes: XXH3-128 over
+    /// the per-cluster digests, in hex. Two backups of the same bytes agree on it
+    /// whatever their format or chain; the catalog records it per backup.
+    public var contentDigest: String {
+        let (hi, lo) = body.withUnsafeBytes { Self.digest(of: $0.baseAddress!, count: $0.count, isZero: false) }
+        return String(format: "%016llx%016llx", hi, lo)
+    }
 }
 
 /// A digest file that cannot be used.

@@ -15,6 +15,8 @@ final class BackupWork: @unchecked Sendable {
     let deviceSize: UInt64
     let image: String
     let previous: String?
+    /// The chain folder the image goes into, when the target is one.
+    let chainDirectory: String?
     let sync: String
     let bitmap: String?
     let mode: BitmapSyncMode?
@@ -80,6 +82,7 @@ final class BackupWork: @unchecked Sendable {
         if modeArg == "existing" && !FileManager.default.fileExists(atPath: target) {
             throw CommandError("Could not open '\(target)': No such file or directory (mode 'existing')")
         }
+        chainDirectory = ChainDirectory.isDirectory(target) ? target : nil
         if ChainDirectory.isDirectory(target) {
             let chain = ChainDirectory(path: target)
             if sync == "full" {

@@ -1,5 +1,6 @@
 import Backup
 import BlockIO
+import Catalog
 import ControlProtocol
 import DirtyBitmaps
 import Foundation
@@ -16,6 +17,7 @@ extension Daemon {
         "block-job-pause", "block-job-resume", "block-job-cancel", "block-job-complete", "block-job-finalize",
         "block-job-dismiss", "block-job-set-speed",
         "x-track-start", "x-track-stop", "x-tracker-barrier", "x-verify", "x-restore",
+        "x-query-backups", "x-query-backup",
     ]
 
     func handle(_ command: String, _ a: Arguments) throws -> JSONValue {
@@ -49,12 +51,14 @@ extension Daemon {
             let disabled = try a.optionalBool("disabled") ?? false
             try barrier(disk: node(path)!.disk)   // writes before the add do not count
             _ = try withBitmaps(path) { try $0.add(name: name, granularity: granularity, enabled: !disabled, persistent: persistent) }
+            catalogBitmap(added: true, device: path, name: name)
             return .object([:])
         case "block-dirty-bitmap-remove":
             let name = try a.string("name")
             let path = try resolve(a.string("node"))
             let removed = try withBitmaps(path) { try $0.remove(name) }
             if removed.isPersistent { removeBitmapFile(node: path, name: name) }
+            catalogBitmap(added: false, device: path, name: name)
             // Removing the last bitmap stops tracking and removes the instance (DESIGN §7).
             if node(path)?.bitmaps.bitmaps.isEmpty == true { try stopTracking(path) }
             return .object([:])
@@ -81,6 +85,22 @@ extension Daemon {
             return try driveBackup(a)
         case "transaction":
             return try transaction(a)
+        case "x-query-backups":
+            try a.allow(["device", "all"])
+            guard let catalog else { throw CommandError("the catalog is not open") }
+            let device = try a.optionalString("device").map { (try? resolve($0)) ?? $0 }
+            do {
+                return try JSONValue.from(catalog.backups(device: device,
+                                                          includingSupersededFailures: try a.optionalBool("all") ?? false))
+            } catch let e as CommandError { throw e } catch { throw CommandError("\(error)") }
+        case "x-query-backup":
+            try a.allow(["id"])
+            guard let catalog else { throw CommandError("the catalog is not open") }
+            let id = try a.string("id")
+            let record: BackupRecord?
+            do { record = try catalog.backup(id: id) } catch { throw CommandError("\(error)") }
+            guard let record else { throw CommandError("Backup '\(id)' not found") }
+            return try JSONValue.from(record)
         case "x-verify":
             // Runs on the asking client's thread: other clients are served meanwhile.
             try a.allow(["image", "against"])

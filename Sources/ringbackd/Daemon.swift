@@ -1,5 +1,7 @@
 import Backup
 import BlockDevices
+import Catalog
+import Images
 import BlockIO
 import ControlProtocol
 import DirtyBitmaps
@@ -24,6 +26,8 @@ final class Daemon: @unchecked Sendable {
     var emit: (String, JSONValue) -> Void = { _, _ in }
     /// The jobs; their lock is always taken before this daemon's.
     private(set) lazy var jobs = JobList(daemon: self)
+    /// The backup catalog (state-dir/catalog.db).
+    private(set) var catalog: Catalog?
 
     init(stateDirectory: String, bootIDPath: String, bufferKiB: Int) {
         state = StateFiles(root: stateDirectory)
@@ -45,6 +49,8 @@ final class Daemon: @unchecked Sendable {
     /// persistent bitmaps; every doubt makes a bitmap inconsistent.
     func restore(log: (String) -> Void) throws {
         try FileManager.default.createDirectory(atPath: state.bitmaps, withIntermediateDirectories: true)
+        catalog = try Catalog(stateDirectory: state.root)
+        failInterruptedBackups()
         let saved = state.loadTracked()
         lossCounts = saved.lossCounts
         for path in saved.nodes {
@@ -270,6 +276,74 @@ final class Daemon: @unchecked Sendable {
 
     // MARK: catalog
 
-    func catalogStarted(_ job: Job) {}
-    func catalogFinished(_ job: Job, succeeded: Bool) {}
+    /// Records a job's backup as running. A catalog that cannot be written is
+    /// logged, not fatal to the backup: the image and its digests stand alone.
+    func catalogStarted(_ job: Job) {
+        guard let catalog else { return }
+        let w = job.work
+        do {
+            let size = node(w.device)?.size ?? (try? BlockFile(path: w.device, mode: .read, direct: false).size)
+            try catalog.recordDevice(path: w.device, identity: node(w.device).map { "\($0.identity)" }, size: size)
+            let parent = try w.previous.flatMap { try catalog.backup(image: $0)?.id }
+            let kind: BackupKind = w.sync == "full" ? .full : .incremental
+            let record = try catalog.beginBackup(BackupStart(
+                jobID: job.id, device: w.device, chain: w.chainDirectory, kind: kind, sync: SyncMode(rawValue: w.sync),
+                bitmap: w.bitmap, image: w.image, format: w.format.rawValue, parentID: parent))
+            job.catalogID = record.id
+        } catch {
+            log("catalog: cannot record the start of job '\(job.id)': \(error)")
+        }
+    }
+
+    /// Records how a job's backup ended: complete with its figures and content
+    /// digest, or failed/cancelled with the reason (never restorable).
+    func catalogFinished(_ job: Job, succeeded: Bool) {
+        guard let catalog, let id = job.catalogID else { return }
+        do {
+            if succeeded {
+                let s = job.work.summary.map { $0["backup"] ?? $0 } ?? .null
+                var st = stat()
+                let imageSize = stat(job.work.image, &st) == 0 ? UInt64(st.st_size) : nil
+                let digest = (try? DigestFile(contentsOf: DigestFile.path(forImage: job.work.image)))?.contentDigest
+                try catalog.completeBackup(id: id, figures: BackupFigures(
+                    bytesRead: UInt64(s["bytes_read"]?.intValue ?? 0),
+                    bytesWritten: UInt64(s["bytes_written"]?.intValue ?? 0),
+                    imageSize: imageSize, imageDigest: digest))
+            } else {
+                try catalog.failBackup(id: id, status: job.errorMessage == nil ? .cancelled : .failed,
+                                       error: job.errorMessage ?? "cancelled")
+            }
+        } catch {
+            log("catalog: cannot record the end of job '\(job.id)': \(error)")
+        }
+    }
+
+    /// Keeps the catalog's list of bitmaps in step with the daemon's.
+    func catalogBitmap(added: Bool, device path: String, name: String) {
+        guard let catalog else { return }
+        do {
+            if added, let n = node(path), let b = n.bitmaps[name] {
+                try catalog.recordDevice(path: path, identity: "\(n.identity)", size: n.size)
+                try catalog.recordBitmap(device: path, name: name, granularity: b.granularity, persistent: b.isPersistent)
+            } else if !added {
+                try catalog.removeBitmap(device: path, name: name)
+            }
+        } catch {
+            log("catalog: cannot record bitmap '\(name)' on \(path): \(error)")
+        }
+    }
+
+    /// At start: backups a killed daemon left running are failed in the
+    /// catalog, and their partial images removed.
+    func failInterruptedBackups() {
+        guard let catalog else { return }
+        do {
+            for record in try catalog.markInterrupted() {
+                PendingImage.discard(image: record.image)
+                log("backup \(record.id) of \(record.device) (\(record.image)) was interrupted by a daemon stop; marked failed")
+            }
+        } catch {
+            log("catalog: cannot mark interrupted backups: \(error)")
+        }
+    }
 }

@@ -32,6 +32,8 @@ final class Job: @unchecked Sendable {
     var ignoredInARow = 0
     /// When the job started and ended, for the catalog and the events.
     var startedAt: Date?
+    /// The job's backup in the catalog.
+    var catalogID: String?
     var finishedAt: Date?
 
     init(id: String, work: BackupWork, autoFinalize: Bool, autoDismiss: Bool, group: JobGroup) {
@@ -64,6 +66,7 @@ final class Job: @unchecked Sendable {
         if let errorMessage { o["error"] = .string(errorMessage) }
         if let s = work.summary { o["x-summary"] = s }
         o["x-image"] = .string(work.image)
+        if let catalogID { o["x-backup"] = .string(catalogID) }
         return .object(o)
     }
 

@@ -188,8 +188,12 @@ final class BitmapAction: TransactionAction {
     }
 
     func commit() {
-        if let removed, removed.isPersistent, let node {
-            unlink(daemon.state.bitmapFile(node: node.path, name: removed.name))
+        guard let node else { return }
+        if let removed {
+            if removed.isPersistent { unlink(daemon.state.bitmapFile(node: node.path, name: removed.name)) }
+            daemon.catalogBitmap(added: false, device: node.path, name: removed.name)
+        } else if type == "block-dirty-bitmap-add", let name = arguments.values["name"]?.stringValue {
+            daemon.catalogBitmap(added: true, device: node.path, name: name)
         }
     }
 }

@@ -76,6 +76,12 @@ struct ErrorPolicyTests {
         #expect(!((try FileManager.default.contentsOfDirectory(atPath: chains[0])) + (try FileManager.default.contentsOfDirectory(atPath: chains[1])))
             .contains { $0.contains(".partial") })
 
+        // The catalog never calls the failed group restorable.
+        let records = try qmp.execute("x-query-backups", qmpArgs(["all": true])).arrayValue ?? []
+        let failedRound = records.filter { ($0["job-id"]?.stringValue ?? "").hasSuffix("-0") }
+        #expect(Set(failedRound.compactMap { $0["status"]?.stringValue }) == ["failed", "cancelled"])
+        #expect(failedRound.allSatisfy { $0["restorable"]?.boolValue == false })
+
         try second.clearFaults()
         try transaction(1)
         for id in ["inc0-1", "inc1-1"] {
