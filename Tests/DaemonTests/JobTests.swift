@@ -30,6 +30,7 @@ struct JobTests {
     @Test("a successful job: every status and event in QEMU's order, then dismiss")
     func lifeCycleOfASuccessfulJob() throws {
         let rig = try Rig()
+        let other = try QMPSession(socket: rig.daemon.socket)
         try rig.qmp.execute("transaction", qmpArgs(["actions": [
             action("block-dirty-bitmap-add", ["node": rig.device.path, "name": "b0"]),
             action("drive-backup", ["device": rig.device.path, "target": rig.chain, "sync": "full", "job-id": "j0",
@@ -60,6 +61,18 @@ struct JobTests {
         #expect(try rig.qmp.count(rig.device.path, "b0") == 0)
         #expect(rig.images.count == 1)
         #expect(try QemuImg.identical(rig.images[0], rig.device.path))
+        // Every client gets the events, not only the one that asked.
+        try other.waitForStatus("j0", "null")
+        #expect(other.statuses(of: "j0") == ["created", "running", "waiting", "pending", "concluded", "null"])
+
+        // x-verify and x-restore through the daemon.
+        let verified = try rig.qmp.execute("x-verify", qmpArgs(["image": rig.images[0]]))
+        #expect(verified["ok"]?.boolValue == true, "\(verified)")
+        let target = try LoopDevice(size: 64 << 20, in: rig.dir.path, name: "restore.img")
+        try rig.qmp.execute("x-restore", qmpArgs(["image": rig.images[0], "target": target.path]))
+        #expect(try QemuImg.identical(rig.images[0], target.path))
+        #expect(try rig.qmp.error("x-restore", qmpArgs(["image": rig.dir.file("none.qcow2"), "target": target.path]))
+                .contains("none.qcow2"))
     }
 
     @Test("auto-finalize=false: the job waits in pending, its image unpublished, until job-finalize")
@@ -247,5 +260,46 @@ struct JobTests {
         #expect(try rig.qmp.error("drive-backup", qmpArgs(["device": dev, "target": dev, "sync": "full", "format": "raw"]))
                 .hasPrefix("Source and target cannot be the same"))
         #expect(try rig.qmp.execute("query-jobs").arrayValue?.isEmpty == true)
+    }
+
+    @Test("the CLI: ringback transaction FILE, jobs, job pause|resume|cancel, and a refused verb")
+    func cli() throws {
+        let rig = try Rig()
+        let file = rig.dir.file("tx.json")
+        let tx = JSONValue.object(["actions": .array([
+            action("block-dirty-bitmap-add", ["node": rig.device.path, "name": "nightly"]),
+            action("drive-backup", ["device": rig.device.path, "target": rig.chain, "sync": "full", "job-id": "cli-full"]),
+        ])])
+        try tx.description.write(toFile: file, atomically: true, encoding: .utf8)
+        var r = try rig.daemon.ringback(["transaction", file])
+        #expect(r.succeeded, "\(r.stderr)")
+        #expect(r.stdout.contains("job 'cli-full' completed: \(rig.chain)/"), "\(r.stdout)")
+        #expect(try rig.qmp.bitmap(rig.device.path, "nightly") != nil)
+
+        // A slow one, steered from the CLI.
+        let slow = JSONValue.array([
+            action("drive-backup", ["device": rig.device.path, "target": rig.chain, "sync": "incremental",
+                                    "bitmap": "nightly", "job-id": "cli-inc", "speed": 1 << 16]),
+        ])
+        try rig.device.write([UInt8](repeating: 5, count: 4 << 20), at: 20 << 20)
+        try slow.description.write(toFile: file, atomically: true, encoding: .utf8)
+        r = try rig.daemon.ringback(["transaction", file, "--no-wait"])
+        #expect(r.succeeded && r.stdout.contains("cli-inc"), "\(r.stdout)\(r.stderr)")
+        r = try rig.daemon.ringback(["jobs"])
+        #expect(r.succeeded && r.stdout.contains("cli-inc") && r.stdout.contains("running"), "\(r.stdout)")
+        r = try rig.daemon.ringback(["job", "pause", "cli-inc"])
+        #expect(r.succeeded, "\(r.stderr)")
+        r = try rig.daemon.ringback(["jobs", "--json"])
+        #expect(try JSONValue.parse(Data(r.stdout.utf8)).arrayValue?.first?["status"]?.stringValue == "paused")
+        r = try rig.daemon.ringback(["job", "finalize", "cli-inc"])
+        #expect(!r.succeeded && r.stderr.contains("Job 'cli-inc' in state 'paused' cannot accept command verb 'finalize'"),
+                "\(r.stderr)")
+        #expect(try rig.daemon.ringback(["job", "resume", "cli-inc"]).succeeded)
+        #expect(try rig.daemon.ringback(["job", "cancel", "cli-inc"]).succeeded)
+        let end = try rig.qmp.waitForEnd(of: "cli-inc")
+        #expect(end["event"]?.stringValue == "BLOCK_JOB_CANCELLED")
+        #expect(try rig.qmp.count(rig.device.path, "nightly") == 4 << 20)
+        r = try rig.daemon.ringback(["qmp", "query-jobs"])
+        #expect(r.succeeded && r.stdout.trimmingCharacters(in: .whitespacesAndNewlines) == "[]", "\(r.stdout)")
     }
 }
