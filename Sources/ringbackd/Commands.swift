@@ -114,7 +114,7 @@ extension Daemon {
         case "x-restore":
             try a.allow(["image", "target", "force", "verify"])
             let image = try a.string("image"), target = try a.string("target")
-            if let path = try? resolve(target), let job = jobs.all.first(where: { $0.work.device == path && $0.copying }) {
+            if let path = try? resolve(target), let job = jobs.locked({ jobs.all.first(where: { $0.work.device == path && $0.copying }) }) {
                 throw CommandError("\(target) is the source of job '\(job.id)'; cancel it before restoring onto the device")
             }
             do {
@@ -122,9 +122,9 @@ extension Daemon {
                                                       verifyFirst: try a.optionalBool("verify") ?? true))
             } catch let e as CommandError { throw e } catch { throw CommandError("\(error)") }
         case "query-jobs":
-            return .array(jobs.all.map(\.info))
+            return .array(jobs.locked { jobs.all.map(\.info) })
         case "query-block-jobs":
-            return .array(jobs.all.map(\.blockInfo))
+            return .array(jobs.locked { jobs.all.map(\.blockInfo) })
         case "job-pause", "job-resume", "job-cancel", "job-complete", "job-finalize", "job-dismiss":
             try a.allow(["id"])
             try jobVerb(String(command.dropFirst(4)), try a.string("id"))
