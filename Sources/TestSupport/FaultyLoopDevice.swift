@@ -148,10 +148,7 @@ public final class FaultyLoopDevice: @unchecked Sendable {
         attached = false
         // Detach first: while the loop device holds disk.img open, the mount is
         // busy and a clean unmount fails.
-        for _ in 0..<10 {
-            if (try? Shell.run(["losetup", "-d", path]).succeeded) == true { break }
-            usleep(100_000)
-        }
+        LoopDevice.detach(path)
         filesystem.stop()
     }
 

@@ -30,45 +30,34 @@ public final class QMPSession: @unchecked Sendable {
         throw CommandError("\(command) succeeded but was expected to fail")
     }
 
-    /// Waits for the first event named `name` (after those already matched
-    /// by an earlier wait) whose data satisfies `matching`, and returns it.
+    /// Waits for the first event named `name` (searching every event seen so
+    /// far) whose data satisfies `matching`, and returns it.
     @discardableResult
     public func waitFor(_ name: String, matching: (JSONValue) -> Bool = { _ in true }) throws -> JSONValue {
-        var index = 0
-        while true {
-            events += client.takeEvents()
-            while index < events.count {
-                let e = events[index]
-                index += 1
-                if e["event"]?.stringValue == name, matching(e["data"] ?? .null) { return e }
-            }
-            events.append(try next(waitingFor: name))
-        }
-    }
-
-    /// The next event; a timeout names what was awaited and the last events seen.
-    private func next(waitingFor what: String) throws -> JSONValue {
-        do { return try client.nextEvent() } catch {
-            let last = events.suffix(8).map(\.description).joined(separator: "\n  ")
-            throw CommandError("\(error) (waiting for \(what)); last events:\n  \(last)")
-        }
+        try waitFor([name], what: name, matching: matching)
     }
 
     /// Waits until job `id` has completed or been cancelled; returns that event.
     @discardableResult
     public func waitForEnd(of id: String) throws -> JSONValue {
+        try waitFor(["BLOCK_JOB_COMPLETED", "BLOCK_JOB_CANCELLED"], what: "the end of job \(id)") {
+            $0["device"]?.stringValue == id
+        }
+    }
+
+    private func waitFor(_ names: Set<String>, what: String, matching: (JSONValue) -> Bool) throws -> JSONValue {
         var index = 0
         while true {
             events += client.takeEvents()
             while index < events.count {
                 let e = events[index]
                 index += 1
-                let name = e["event"]?.stringValue ?? ""
-                if ["BLOCK_JOB_COMPLETED", "BLOCK_JOB_CANCELLED"].contains(name), e["data"]?["device"]?.stringValue == id {
-                    return e
-                }
+                if names.contains(e["event"]?.stringValue ?? ""), matching(e["data"] ?? .null) { return e }
             }
-            events.append(try next(waitingFor: "the end of job \(id)"))
+            do { events.append(try client.nextEvent()) } catch {
+                let last = events.suffix(8).map(\.description).joined(separator: "\n  ")
+                throw CommandError("\(error) (waiting for \(what)); last events:\n  \(last)")
+            }
         }
     }
 

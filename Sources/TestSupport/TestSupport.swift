@@ -184,11 +184,17 @@ public final class LoopDevice: @unchecked Sendable {
     public func detach() {
         guard attached else { return }
         attached = false
+        Self.detach(path)
+        try? FileManager.default.removeItem(atPath: backingFile)
+    }
+
+    /// `losetup -d`, retried for a second: udev or a closing reader may still
+    /// hold the device for a moment.
+    static func detach(_ path: String) {
         for _ in 0..<10 {
-            if (try? Shell.run(["losetup", "-d", path]).succeeded) == true { break }
+            if (try? Shell.run(["losetup", "-d", path]).succeeded) == true { return }
             usleep(100_000)
         }
-        try? FileManager.default.removeItem(atPath: backingFile)
     }
 
     deinit { detach() }

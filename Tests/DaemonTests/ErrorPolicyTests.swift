@@ -22,6 +22,23 @@ struct ErrorPolicyTests {
             .map { dir + "/" + $0 }
     }
 
+    /// A daemon and a faulty device prepared as `prepared` says.
+    final class Rig: @unchecked Sendable {
+        let dir: TemporaryDirectory
+        let device: FaultyLoopDevice
+        let daemon: DaemonProcess
+        let qmp: QMPSession
+        let chain: String
+        init() throws {
+            dir = try TemporaryDirectory()
+            device = try FaultyLoopDevice(size: 64 << 20, fill: .random)
+            daemon = try DaemonProcess(in: dir)
+            qmp = try QMPSession(socket: daemon.socket)
+            chain = dir.file("chain")
+            try ErrorPolicyTests.prepared(qmp, device, chain: chain, id: "full")
+        }
+    }
+
     /// A faulty device with bitmap b0, a full backup in `chain`, then set A written.
     static func prepared(_ qmp: QMPSession, _ device: FaultyLoopDevice, chain: String, id: String) throws {
         try FileManager.default.createDirectory(atPath: chain, withIntermediateDirectories: true)
@@ -99,13 +116,9 @@ struct ErrorPolicyTests {
 
     @Test("QEMU 124: on-source-error=stop pauses with the bitmap busy; job-resume completes it")
     func stopOnSourceErrorThenResume() throws {
-        let dir = try TemporaryDirectory()
-        let device = try FaultyLoopDevice(size: 64 << 20, fill: .random)
-        defer { device.detach() }
-        let daemon = try DaemonProcess(in: dir)
-        let qmp = try QMPSession(socket: daemon.socket)
-        let chain = dir.file("chain")
-        try Self.prepared(qmp, device, chain: chain, id: "full")
+        let rig = try Rig()
+        defer { rig.device.detach() }
+        let (device, qmp, chain) = (rig.device, rig.qmp, rig.chain)
         try device.failReads(offset: Self.faultOffset, length: 64 << 10, mode: .always)
         try qmp.execute("drive-backup", qmpArgs(["device": device.path, "target": chain, "sync": "incremental",
                                                  "bitmap": "b0", "job-id": "inc", "on-source-error": "stop"]))
@@ -136,13 +149,9 @@ struct ErrorPolicyTests {
 
     @Test("ignore retries a read that fails once; report fails the job; enospc reports an EIO")
     func ignoreReportAndEnospcOnReadErrors() throws {
-        let dir = try TemporaryDirectory()
-        let device = try FaultyLoopDevice(size: 64 << 20, fill: .random)
-        defer { device.detach() }
-        let daemon = try DaemonProcess(in: dir)
-        let qmp = try QMPSession(socket: daemon.socket)
-        let chain = dir.file("chain")
-        try Self.prepared(qmp, device, chain: chain, id: "full")
+        let rig = try Rig()
+        defer { rig.device.detach() }
+        let (device, qmp, chain) = (rig.device, rig.qmp, rig.chain)
 
         for (policy, mode, succeeds) in [("ignore", FaultyLoopDevice.Mode.once, true), ("enospc", .always, false),
                                          ("report", .always, false)] {
