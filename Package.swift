@@ -39,6 +39,9 @@ let package = Package(
         .target(name: "BlockDevices", dependencies: ["CBlkid", "CShim", "BlockIO"]),
         .target(name: "Images", dependencies: ["CXXHash", "CZstd", "CZlib", "CShim", "BlockIO"]),
         .target(name: "DirtyBitmaps", dependencies: ["BlockIO"]),
+        // Quiesce (DESIGN §11): which filesystems to freeze, the watchdog that
+        // holds the freeze, and the hooks around it.
+        .target(name: "Quiesce", dependencies: ["BlockDevices", "BlockIO", "CShim"]),
         // The job model's tables (DESIGN §9): statuses, verbs, error policies.
         .target(name: "Jobs"),
         // QMP messages, client and server, shared by the CLI and ringbackd.
@@ -53,7 +56,7 @@ let package = Package(
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .executableTarget(name: "ringbackd", dependencies: [
-            "Backup", "BlockDevices", "BlockIO", "Images", "ControlProtocol", "DirtyBitmaps", "WriteTracking", "Jobs", "Catalog",
+            "Backup", "BlockDevices", "BlockIO", "Images", "ControlProtocol", "DirtyBitmaps", "WriteTracking", "Jobs", "Catalog", "Quiesce",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
 

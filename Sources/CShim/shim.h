@@ -52,6 +52,11 @@ static inline int rb_ioctl_range(int fd, unsigned long req, uint64_t start, uint
 static inline int rb_ioctl_none(int fd, unsigned long req) {
     return ioctl(fd, req, 0);
 }
+/// A pipe whose ends close on exec (pipe2 is hidden behind _GNU_SOURCE).
+int pipe2(int pipefd[2], int flags);
+static inline int rb_pipe_cloexec(int fds[2]) {
+    return pipe2(fds, O_CLOEXEC);
+}
 /// open(2) with the flags Swift's Glibc overlay hides.
 static inline int rb_open(const char *path, int flags, unsigned mode) {
     return open(path, flags, mode);

@@ -49,6 +49,14 @@ public enum JSONValue: Codable, Equatable, Sendable, CustomStringConvertible {
         default: return nil
         }
     }
+    /// A number as a Double, whether it was written as an integer or not.
+    public var doubleValue: Double? {
+        switch self {
+        case .double(let d): return d
+        case .int(let i): return Double(i)
+        default: return nil
+        }
+    }
     public var arrayValue: [JSONValue]? { if case .array(let a) = self { return a }; return nil }
     public var objectValue: [String: JSONValue]? { if case .object(let o) = self { return o }; return nil }
 

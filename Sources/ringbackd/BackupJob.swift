@@ -27,6 +27,7 @@ final class BackupWork: @unchecked Sendable {
     let force: Bool
     let onSourceError: ErrorPolicy
     let onTargetError: ErrorPolicy
+    let consistency: ConsistencyMode
     /// Set in prepare: an inconsistent bitmap re-armed by this rescan.
     private(set) var rearmed = false
     /// Set in prepare: the frozen parent, i.e. the granules an incremental copies.
@@ -38,7 +39,7 @@ final class BackupWork: @unchecked Sendable {
     init(_ a: Arguments, daemon: Daemon) throws {
         try a.allow(["job-id", "device", "target", "format", "mode", "sync", "bitmap", "bitmap-mode", "speed",
                      "compress", "on-source-error", "on-target-error", "auto-finalize", "auto-dismiss", "x-perf",
-                     "x-rescan", "x-previous"])
+                     "x-rescan", "x-previous", "x-consistency"])
         device = try daemon.resolve(a.string("device"))
         let target = try a.string("target")
         sync = try a.string("sync")
@@ -124,6 +125,11 @@ final class BackupWork: @unchecked Sendable {
         }
         do { try options.validate() } catch { throw CommandError("\(error)") }
         self.options = options
+        let consistencyName = try a.optionalString("x-consistency") ?? "none"
+        guard let c = ConsistencyMode(rawValue: consistencyName) else {
+            throw CommandError("Parameter 'x-consistency' does not accept value '\(consistencyName)' (frozen, converge or none)")
+        }
+        consistency = c
         onSourceError = try Self.policy(a, "on-source-error")
         onTargetError = try Self.policy(a, "on-target-error")
 
@@ -233,4 +239,23 @@ final class BackupWork: @unchecked Sendable {
 /// The `.partial` naming the Backup module uses for an unpublished image.
 enum ImageOutputPaths {
     static func partial(_ image: String) -> String { image + ".partial" }
+}
+
+/// The point in time of a backup (DESIGN §11), its `x-consistency`.
+enum ConsistencyMode: String {
+    /// The filesystems stay frozen for the whole copy.
+    case frozen
+    /// A live copy that re-copies what changed, then a short final freeze.
+    case converge
+    /// A live copy: crash-inconsistent, and recorded so.
+    case none
+
+    /// How the catalog names the point in time of such a backup.
+    var catalogName: String {
+        switch self {
+        case .frozen: "frozen"
+        case .converge: "converged"
+        case .none: "crash-inconsistent"
+        }
+    }
 }

@@ -26,6 +26,8 @@ final class Daemon: @unchecked Sendable {
     var emit: (String, JSONValue) -> Void = { _, _ in }
     /// The jobs; their lock is always taken before this daemon's.
     private(set) lazy var jobs = JobList(daemon: self)
+    /// Hooks, freeze timeout and watchdog (set from the options before start).
+    var quiesceSettings = QuiesceSettings()
     /// The backup catalog (state-dir/catalog.db).
     private(set) var catalog: Catalog?
 
@@ -288,7 +290,8 @@ final class Daemon: @unchecked Sendable {
             let kind: BackupKind = w.sync == "full" ? .full : .incremental
             let record = try catalog.beginBackup(BackupStart(
                 jobID: job.id, device: w.device, chain: w.chainDirectory, kind: kind, sync: SyncMode(rawValue: w.sync),
-                bitmap: w.bitmap, image: w.image, format: w.format.rawValue, parentID: parent))
+                bitmap: w.bitmap, image: w.image, format: w.format.rawValue,
+                consistency: Consistency(rawValue: w.consistency.catalogName), parentID: parent))
             job.catalogID = record.id
         } catch {
             log("catalog: cannot record the start of job '\(job.id)': \(error)")

@@ -32,6 +32,8 @@ final class Job: @unchecked Sendable {
     var ignoredInARow = 0
     /// When the job started and ended, for the catalog and the events.
     var startedAt: Date?
+    /// The freeze this job's copy holds (`x-consistency: frozen`).
+    var freeze: SharedFreeze?
     /// The job's backup in the catalog.
     var catalogID: String?
     var finishedAt: Date?

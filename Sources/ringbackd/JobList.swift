@@ -89,6 +89,8 @@ final class JobList: @unchecked Sendable {
     }
 
     private func copyEnded(_ job: Job, _ result: Result<JSONValue, Error>) {
+        // A frozen copy is done with the freeze, whatever its outcome.
+        job.freeze?.release(job)
         locked {
             job.copying = false
             switch result {
@@ -99,7 +101,9 @@ final class JobList: @unchecked Sendable {
             case .success:
                 abort(job)
             case .failure(let error):
-                if case CopyError.cancelled = error, job.cancelRequested {} else { job.errorMessage = "\(error)" }
+                if case CopyError.cancelled = error, job.cancelRequested {} else if job.errorMessage == nil {
+                    job.errorMessage = "\(error)"
+                }
                 abort(job)
             }
             advance(job.group)
@@ -228,6 +232,18 @@ final class JobList: @unchecked Sendable {
             job.ioStatus = "ok"
             job.resumedFromErrorAt = CopyControl.now
             return .retry
+        }
+    }
+
+    /// The freeze a `frozen` copy relied on ended before the copy did: the
+    /// image would mix two points in time, so the jobs fail.
+    func freezeExpired(_ jobs: [Job], timeout: Double) {
+        locked {
+            for job in jobs where job.copying && !job.cancelRequested {
+                job.errorMessage = "the freeze of its filesystems ended (no progress for \(Int(timeout)) s, the watchdog thawed them) "
+                    + "before the copy finished; the image would not be of one point in time"
+                requestCancel(job)
+            }
         }
     }
 

@@ -24,7 +24,6 @@ extension Daemon {
     func transaction(_ a: Arguments) throws -> JSONValue {
         try a.allow(["actions", "properties"])
         let properties = Arguments(values: try a.optionalObject("properties") ?? [:])
-        try properties.allow(["completion-mode"])
         let mode = try properties.optionalString("completion-mode") ?? "individual"
         guard mode == "individual" || mode == "grouped" else {
             throw CommandError("Parameter 'completion-mode' does not accept value '\(mode)' (individual or grouped)")
@@ -44,7 +43,8 @@ extension Daemon {
             }
             actions.append(try makeAction(type, data, group: group))
         }
-        try run(actions)
+        try properties.allow(["completion-mode", "x-quiesce"])
+        try run(actions, quiesce: try properties.optionalBool("x-quiesce") ?? true)
         return .object([:])
     }
 
@@ -74,21 +74,32 @@ extension Daemon {
     /// cannot mark a write in between, so every bitmap and every job of the
     /// transaction shares one point in time, and an abort that restores a saved
     /// bitmap loses no write.
-    func run(_ actions: [TransactionAction]) throws {
+    func run(_ actions: [TransactionAction], quiesce quiescing: Bool = true) throws {
         try jobs.locked {
-            // A device gets tracked before its first bitmap is added (DESIGN §7),
-            // then every disk named is drained up to now.
+            // A device gets tracked before its first bitmap is added (DESIGN §7).
             var disks = Set<String>()
+            var devices: [String] = []
             for action in actions {
                 guard let name = action.deviceName, let path = try? resolve(name) else { continue }
                 if action is BitmapAction, (action as! BitmapAction).type == "block-dirty-bitmap-add", node(path) == nil {
                     try startTracking(path)
                 }
                 if let n = node(path) { disks.insert(n.disk) }
+                if !devices.contains(path) { devices.append(path) }
             }
-            for disk in disks.sorted() { try barrier(disk: disk) }
+            // The point in time (DESIGN §10, §11): hooks, then the freeze; once
+            // frozen, every write the filesystems made is complete, and the
+            // barrier puts all of them in the bitmaps before any prepare.
+            let section = quiescing && !devices.isEmpty ? try quiesce(devices) : nil
+            do {
+                for disk in disks.sorted() { try barrier(disk: disk) }
+            } catch {
+                if let section { resume(section) }
+                throw error
+            }
 
             var failure: Error?
+            var handedOver = false
             locked {
                 var prepared: [TransactionAction] = []
                 for action in actions {
@@ -100,13 +111,31 @@ extension Daemon {
                         break
                     }
                 }
+                // Commit only while the freeze certainly holds: if the watchdog
+                // thawed (its timeout passed in a slow hook or prepare), the
+                // point in time is lost and the transaction must not happen.
+                if failure == nil, let section, !section.hold.plan.mountPoints.isEmpty,
+                   section.hold.remaining() < min(0.5, section.hold.timeout / 2) {
+                    failure = CommandError("the freeze of \(section.hold.plan.mountPoints.joined(separator: ", ")) ended "
+                        + "(freeze timeout \(Int(section.hold.timeout)) s) before the transaction could commit; nothing was changed")
+                }
                 if failure != nil {
                     for action in prepared.reversed() { action.abort() }
                 } else {
+                    // Frozen backups keep the freeze for their copy: it is theirs
+                    // before they start, so the first to finish cannot miss it.
+                    let frozenJobs = actions.compactMap { ($0 as? DriveBackupAction)?.job }
+                        .filter { $0.work.consistency == .frozen }
+                    if let section, !frozenJobs.isEmpty, !section.hold.plan.mountPoints.isEmpty {
+                        let shared = SharedFreeze(section: section, jobs: frozenJobs, daemon: self)
+                        for job in frozenJobs { job.freeze = shared }
+                        handedOver = true
+                    }
                     for action in prepared.reversed() { action.commit() }
                 }
                 for action in prepared.reversed() { action.clean() }
             }
+            if let section, !handedOver { resume(section) }
             try saveAll(inUse: true)
             stopIdleTracking(actions)
             if let failure { throw failure }
@@ -207,7 +236,7 @@ final class DriveBackupAction: TransactionAction {
     private let group: JobGroup?
     private var node: Node?
     private var saved: BitmapSet?
-    private var job: Job?
+    private(set) var job: Job?
 
     init(daemon: Daemon, arguments: Arguments, group: JobGroup?) {
         self.daemon = daemon

@@ -1,6 +1,7 @@
 import ArgumentParser
 import ControlProtocol
 import Foundation
+import Quiesce
 
 /// ringbackd: tracks writes to block devices into dirty bitmaps and serves
 /// the QMP control socket that the `ringback` CLI and QMP clients use.
@@ -33,13 +34,27 @@ struct RingbackDaemon: ParsableCommand {
     @Option(help: "Where the boot id is read (a reboot makes persistent bitmaps inconsistent).")
     var bootIdFile: String = "/proc/sys/kernel/random/boot_id"
 
+    @Option(help: "Hooks run before a freeze, inside it and after the thaw (executables, in name order).")
+    var hooksDir: String = "/etc/ringback/hooks.d"
+
+    @Option(help: "Seconds a hook may run before it is killed and its step fails.")
+    var hookTimeout: Double = 60
+
+    @Option(help: "Seconds a freeze may last without word from ringbackd before the watchdog thaws it.")
+    var freezeTimeout: Double = 10
+
     func run() throws {
         var gid: gid_t?
         if let group {
             guard let g = getgrnam(group) else { throw ValidationError("unknown group '\(group)'") }
             gid = g.pointee.gr_gid
         }
+        guard freezeTimeout > 0, hookTimeout > 0 else { throw ValidationError("--freeze-timeout and --hook-timeout must be positive") }
         let daemon = Daemon(stateDirectory: stateDir, bootIDPath: bootIdFile, bufferKiB: traceBufferKib)
+        daemon.quiesceSettings.hooks = Hooks(directory: hooksDir, timeout: hookTimeout)
+        daemon.quiesceSettings.freezeTimeout = freezeTimeout
+        daemon.quiesceSettings.watchdog = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe"))
+            ?? CommandLine.arguments[0]
         try daemon.restore(log: { log($0) })
         let server = QMPServer(path: socket, allowedGroup: gid,
                                greeting: QMP.greeting(major: 0, minor: 1, micro: 0, package: "ringback 0.1.0")) {
@@ -76,4 +91,10 @@ func log(_ message: String) {
     FileHandle.standardError.write(Data("ringbackd: \(message)\n".utf8))
 }
 
+// The freeze watchdog is this same executable in another mode (DESIGN §11):
+// `ringbackd --x-freeze-watchdog TIMEOUT MOUNT...`, spawned by the daemon.
+let arguments = CommandLine.arguments
+if arguments.count >= 3 && arguments[1] == QuiesceSettings.watchdogFlag {
+    exit(FreezeWatchdog.run(mountPoints: Array(arguments[3...]), timeout: Double(arguments[2]) ?? 10))
+}
 RingbackDaemon.main()
