@@ -29,6 +29,9 @@ final class BackupSink: ChunkSink {
     private(set) var zeroBytes: UInt64 = 0
     /// Bytes of clusters left out because they equal the baseline.
     private(set) var unchangedBytes: UInt64 = 0
+    /// Set for the passes after the first: a cluster may hold data from an
+    /// earlier pass, so it is rewritten in place, zeros included.
+    var rewriting = false
 
     init(target: BackupTarget, clusterSize: Int, deviceSize: UInt64, baseline: DigestFile? = nil,
          skipUnchanged: Bool = false) {
@@ -56,7 +59,9 @@ final class BackupSink: ChunkSink {
             let guest = chunk.offset + UInt64(runStart * cs)
             switch target {
             case .qcow2(let writer):
-                if writer.compression == .none {
+                if writer.compression == .none && rewriting {
+                    writes += rewrite(writer, guest: firstCluster + runStart, count: count, source: src)
+                } else if writer.compression == .none {
                     let host = writer.allocate(guestCluster: UInt64(firstCluster + runStart), count: count)
                     writes.append(PlannedWrite(targetOffset: host, source: src, length: count * cs))
                 } else {
@@ -88,7 +93,11 @@ final class BackupSink: ChunkSink {
                 continue
             }
             digests.set(cluster: firstCluster + i, digest)
-            if zero {
+            if zero && rewriting && holdsData(cluster: firstCluster + i) {
+                // Zeros over data an earlier pass wrote: write them.
+                zeroBytes += UInt64(len)
+                if runStart < 0 { runStart = i }
+            } else if zero {
                 zeroBytes += UInt64(len)
                 try closeRun(at: i)
                 if case .qcow2(let writer) = target { writer.markZero(guestCluster: UInt64(firstCluster + i)) }
@@ -106,4 +115,34 @@ final class BackupSink: ChunkSink {
     }
 
     func written(_ chunk: Chunk) {}
+
+    /// Whether an earlier pass may have left data in a cluster of the target.
+    private func holdsData(cluster: Int) -> Bool {
+        switch target {
+        case .qcow2(let writer): writer.existingHost(guestCluster: UInt64(cluster)) != nil
+        case .rawFile: true
+        case .rawDevice: false
+        }
+    }
+
+    /// Writes for a run of clusters in a later pass: in place where a cluster
+    /// is mapped already, newly allocated where not, one write per stretch.
+    private func rewrite(_ writer: Qcow2Writer, guest: Int, count: Int, source: UnsafeRawPointer) -> [PlannedWrite] {
+        let cs = clusterSize
+        var writes: [PlannedWrite] = []
+        var i = 0
+        while i < count {
+            var n = 1
+            if let host = writer.existingHost(guestCluster: UInt64(guest + i)) {
+                while i + n < count, writer.existingHost(guestCluster: UInt64(guest + i + n)) == host + UInt64(n * cs) { n += 1 }
+                writes.append(PlannedWrite(targetOffset: host, source: source + i * cs, length: n * cs))
+            } else {
+                while i + n < count, writer.existingHost(guestCluster: UInt64(guest + i + n)) == nil { n += 1 }
+                let host = writer.allocate(guestCluster: UInt64(guest + i), count: n)
+                writes.append(PlannedWrite(targetOffset: host, source: source + i * cs, length: n * cs))
+            }
+            i += n
+        }
+        return writes
+    }
 }

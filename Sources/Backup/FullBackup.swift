@@ -21,6 +21,10 @@ public struct BackupRequest: Sendable {
     /// Leave the finished image under its `.partial` name for `PendingImage`
     /// to publish or discard (a job publishes only when it is finalized).
     public var publishLater = false
+    /// Further passes over the same image before it is finished (a converging
+    /// backup): called after each pass, it returns the device ranges to copy
+    /// again, or nil when the image is complete. It may block (e.g. for a freeze).
+    public var nextPass: (@Sendable () throws -> [Extent]?)?
 
     public init(device: String, target: String) {
         self.device = device
@@ -100,7 +104,8 @@ public enum FullBackup {
         let sink = BackupSink(target: output.target, clusterSize: cs, deviceSize: size)
         let plan = ChunkPlan(deviceSize: size, clusterSize: cs, chunkSize: request.options.chunkSize)
         let stats = try output.fill(plan: plan, source: source, sink: sink, options: request.options,
-                                    control: control, publishLater: request.publishLater, warn: warn)
+                                    control: control, publishLater: request.publishLater,
+                                    nextPass: request.nextPass, warn: warn)
         return BackupSummary(
             device: request.device, image: image, digests: output.partial == nil ? nil : DigestFile.path(forImage: image),
             format: request.format.rawValue, engine: stats.engine, size: size, clusterSize: cs,
@@ -140,10 +145,21 @@ struct ImageOutput {
     /// Runs the copy, finishes the image, renames it into place and writes its
     /// digests; on any failure the partial file is removed.
     func fill(plan: ChunkPlan, source: BlockFile, sink: BackupSink, options: CopyOptions,
-              control: CopyControl, publishLater: Bool, warn: (String) -> Void) throws -> CopyStats {
+              control: CopyControl, publishLater: Bool, nextPass: (() throws -> [Extent]?)? = nil,
+              warn: (String) -> Void) throws -> CopyStats {
         do {
-            let stats = try CopyEngine.run(plan: plan, source: source, target: file, sink: sink,
+            var stats = try CopyEngine.run(plan: plan, source: source, target: file, sink: sink,
                                            options: options, control: control, warn: warn)
+            while let extents = try nextPass?() {
+                sink.rewriting = true
+                let again = ChunkPlan(extents: extents, deviceSize: sink.deviceSize, clusterSize: sink.clusterSize,
+                                      chunkSize: options.chunkSize)
+                let more = try CopyEngine.run(plan: again, source: source, target: file, sink: sink,
+                                              options: options, control: control, warn: warn)
+                stats.bytesRead += more.bytesRead
+                stats.bytesWritten += more.bytesWritten
+                stats.seconds += more.seconds
+            }
             switch target {
             case .qcow2(let writer): try writer.finish()
             case .rawFile(let f):

@@ -17,6 +17,10 @@ public struct IncrementalRequest: Sendable {
     public var force = false
     /// See `BackupRequest.publishLater`.
     public var publishLater = false
+    /// Further passes over the same image before it is finished (a converging
+    /// backup): called after each pass, it returns the device ranges to copy
+    /// again, or nil when the image is complete. It may block (e.g. for a freeze).
+    public var nextPass: (@Sendable () throws -> [Extent]?)?
 
     public init(device: String, previousImage: String, target: String, changed: [Extent]?) {
         self.device = device
@@ -87,7 +91,8 @@ public enum IncrementalBackup {
             : ChunkPlan(extents: request.changed!, deviceSize: source.size, clusterSize: options.clusterSize,
                         chunkSize: options.chunkSize)
         let stats = try output.fill(plan: plan, source: source, sink: sink, options: options,
-                                    control: control, publishLater: request.publishLater, warn: warn)
+                                    control: control, publishLater: request.publishLater,
+                                    nextPass: request.nextPass, warn: warn)
         let summary = BackupSummary(
             device: request.device, image: request.target, digests: DigestFile.path(forImage: request.target),
             format: "qcow2", engine: stats.engine, size: source.size, clusterSize: baseline.clusterSize,

@@ -190,6 +190,18 @@ public struct BitmapSet: Sendable {
         return entries[i].bitmap
     }
 
+    /// Moves the point in time of a freeze to now (a converging backup's final
+    /// freeze): what the successor recorded joins the frozen parent (the job
+    /// copies it too) and the successor starts empty. A later reclaim still
+    /// gives back every write; a later abdicate keeps only those from now on.
+    public mutating func absorbSuccessor(_ name: String) throws(BitmapError) {
+        let i = try index(of: name)
+        guard let s = entries[i].successor else { throw .noSuccessor(name, device: device) }
+        // Same device, same granularity: the merge cannot fail.
+        try! entries[i].bitmap.merge(from: s)
+        entries[i].successor!.clear()
+    }
+
     /// Ends a freeze by syncing: the successor takes the name (and the parent's
     /// persistence and generation); the parent and its bits are dropped.
     public mutating func abdicate(_ name: String) throws(BitmapError) {

@@ -120,6 +120,17 @@ public final class Qcow2Writer {
         return host
     }
 
+    /// The host offset of a guest cluster this writer already mapped to an
+    /// uncompressed data cluster, or nil. A later pass of the same backup
+    /// rewrites such a cluster in place.
+    public func existingHost(guestCluster: UInt64) -> UInt64? {
+        let l1 = Int(guestCluster / UInt64(geometry.l2Entries))
+        let l2 = Int(guestCluster % UInt64(geometry.l2Entries))
+        guard let entry = l2Tables[l1]?[l2], entry & Qcow2Entry.compressed == 0 else { return nil }
+        let host = entry & Qcow2Entry.offsetMask
+        return host == 0 ? nil : host
+    }
+
     /// Marks a guest cluster as reading zero (QCOW_OFLAG_ZERO), hiding any
     /// backing file. Without a backing file an unallocated cluster reads zero
     /// already, so nothing is recorded.

@@ -28,6 +28,10 @@ final class BackupWork: @unchecked Sendable {
     let onSourceError: ErrorPolicy
     let onTargetError: ErrorPolicy
     let consistency: ConsistencyMode
+    /// Thresholds of `converge`.
+    let converge: ConvergeOptions
+    /// Set when the job starts a converging copy.
+    var driver: ConvergeDriver?
     /// Set in prepare: an inconsistent bitmap re-armed by this rescan.
     private(set) var rearmed = false
     /// Set in prepare: the frozen parent, i.e. the granules an incremental copies.
@@ -39,7 +43,7 @@ final class BackupWork: @unchecked Sendable {
     init(_ a: Arguments, daemon: Daemon) throws {
         try a.allow(["job-id", "device", "target", "format", "mode", "sync", "bitmap", "bitmap-mode", "speed",
                      "compress", "on-source-error", "on-target-error", "auto-finalize", "auto-dismiss", "x-perf",
-                     "x-rescan", "x-previous", "x-consistency"])
+                     "x-rescan", "x-previous", "x-consistency", "x-converge", "auto-complete"])
         device = try daemon.resolve(a.string("device"))
         let target = try a.string("target")
         sync = try a.string("sync")
@@ -130,6 +134,24 @@ final class BackupWork: @unchecked Sendable {
             throw CommandError("Parameter 'x-consistency' does not accept value '\(consistencyName)' (frozen, converge or none)")
         }
         consistency = c
+        var converge = ConvergeOptions()
+        converge.autoComplete = try a.optionalBool("auto-complete") ?? false
+        if let o = try a.optionalObject("x-converge") {
+            let p = Arguments(values: o)
+            try p.allow(["threshold", "max-passes"])
+            if let t = try p.optionalInt("threshold") {
+                guard t >= 0 else { throw CommandError("Parameter 'threshold' expects a non-negative value") }
+                converge.threshold = UInt64(t)
+            }
+            if let m = try p.optionalInt("max-passes") {
+                guard m >= 1 else { throw CommandError("Parameter 'max-passes' expects a value of at least 1") }
+                converge.maxPasses = Int(m)
+            }
+        }
+        self.converge = converge
+        if c == .converge && compression != .none {
+            throw CommandError("x-consistency 'converge' rewrites clusters between passes and cannot be combined with 'compress'")
+        }
         onSourceError = try Self.policy(a, "on-source-error")
         onTargetError = try Self.policy(a, "on-target-error")
 
@@ -178,6 +200,8 @@ final class BackupWork: @unchecked Sendable {
     /// The copy, on the job's thread. The image stays `.partial` until `publish`.
     func run(control: CopyControl) throws -> JSONValue {
         if bitmap != nil && mode == .always { control.recordCompletedChunks() }
+        var nextPass: (@Sendable () throws -> [Extent]?)?
+        if let driver { nextPass = { try driver.nextPass() } }
         if sync == "full" {
             var request = BackupRequest(device: device, target: image)
             request.format = format
@@ -185,12 +209,14 @@ final class BackupWork: @unchecked Sendable {
             request.options = options
             request.force = force
             request.publishLater = true
+            request.nextPass = nextPass
             return try JSONValue.from(FullBackup.run(request, control: control))
         }
         let changed = rescan ? nil : frozen.map { Array($0.dirtyExtents) } ?? []
         var request = IncrementalRequest(device: device, previousImage: previous!, target: image, changed: changed)
         request.options = options
         request.publishLater = true
+        request.nextPass = nextPass
         return try JSONValue.from(IncrementalBackup.run(request, control: control))
     }
 

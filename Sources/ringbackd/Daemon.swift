@@ -177,7 +177,11 @@ final class Daemon: @unchecked Sendable {
     }
 
     private func record(_ path: String, _ extent: Extent) {
-        locked { nodes[path]?.bitmaps.mark(offset: extent.offset, length: extent.length) }
+        locked {
+            guard let node = nodes[path] else { return }
+            node.bitmaps.mark(offset: extent.offset, length: extent.length)
+            for r in node.recorders { r.bitmap.mark(offset: extent.offset, length: extent.length) }
+        }
     }
 
     /// Drains the disk's tracker up to now; lost events make every bitmap of
@@ -265,6 +269,12 @@ final class Daemon: @unchecked Sendable {
     }
 
     func node(_ path: String) -> Node? { locked { nodes[path] } }
+
+    /// Stops a converging job's private write record.
+    func removeRecorder(of work: BackupWork) {
+        guard let recorder = work.driver?.recorder else { return }
+        locked { nodes[work.device]?.recorders.removeAll { $0 === recorder } }
+    }
 
     /// Ends a finished job's bitmap freeze and saves the bitmaps.
     func endFreeze(of work: BackupWork, succeeded: Bool, completed: [Extent]) {

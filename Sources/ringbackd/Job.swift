@@ -32,6 +32,10 @@ final class Job: @unchecked Sendable {
     var ignoredInARow = 0
     /// When the job started and ended, for the catalog and the events.
     var startedAt: Date?
+    /// `job-complete` was asked (a converging job in `ready`).
+    var completeRequested = false
+    /// Bytes done in earlier passes of a converging copy.
+    var progressBase: UInt64 = 0
     /// The freeze this job's copy holds (`x-consistency: frozen`).
     var freeze: SharedFreeze?
     /// The job's backup in the catalog.
@@ -56,8 +60,8 @@ final class Job: @unchecked Sendable {
         emit("JOB_STATUS_CHANGE", .object(["id": .string(id), "status": .string(next.rawValue)]))
     }
 
-    var progressDone: UInt64 { control.bytesDone }
-    var progressTotal: UInt64 { max(control.bytesTotal, control.bytesDone) }
+    var progressDone: UInt64 { progressBase + control.bytesDone }
+    var progressTotal: UInt64 { progressBase + max(control.bytesTotal, control.bytesDone) }
 
     /// `query-jobs`' JobInfo.
     var info: JSONValue {
@@ -78,7 +82,7 @@ final class Job: @unchecked Sendable {
             "type": .string("backup"), "device": .string(id), "len": .int(Int64(progressTotal)),
             "offset": .int(Int64(progressDone)), "busy": .bool(status == .running && !control.isIdle),
             "paused": .bool(userPaused), "speed": .int(Int64(control.speedLimit)), "io-status": .string(ioStatus),
-            "ready": .bool(false), "status": .string(status.rawValue),
+            "ready": .bool(status == .ready || status == .standby), "status": .string(status.rawValue),
             "auto-finalize": .bool(autoFinalize), "auto-dismiss": .bool(autoDismiss),
             "x-node": .string(work.device),
         ])
@@ -97,5 +101,7 @@ final class Job: @unchecked Sendable {
 final class JobGroup: @unchecked Sendable {
     let grouped: Bool
     var jobs: [Job] = []
+    /// The one final freeze of its converging jobs.
+    var convergeFreeze: ConvergeFreeze?
     init(grouped: Bool) { self.grouped = grouped }
 }

@@ -3,6 +3,7 @@ import ControlProtocol
 import DirtyBitmaps
 import Foundation
 import Jobs
+import Quiesce
 
 /// The daemon's jobs and the rules that move them (DESIGN §9). One recursive
 /// lock guards every job's status; it is taken before the daemon's own lock,
@@ -23,6 +24,9 @@ final class JobList: @unchecked Sendable {
     }
 
     private func emit(_ name: String, _ data: JSONValue) { daemon.emit(name, data) }
+    func daemonEmit(_ name: String, _ data: JSONValue) { daemon.emit(name, data) }
+    func daemonQuiesce(_ devices: [String]) throws -> QuiescedSection { try daemon.quiesce(devices) }
+    func daemonResume(_ section: QuiescedSection) -> FreezeHold.Thaw { daemon.resume(section, hooksInBackground: true) }
 
     /// The job named `id`; an id stays taken until its job is dismissed.
     func job(_ id: String) throws -> Job {
@@ -89,14 +93,17 @@ final class JobList: @unchecked Sendable {
     }
 
     private func copyEnded(_ job: Job, _ result: Result<JSONValue, Error>) {
-        // A frozen copy is done with the freeze, whatever its outcome.
+        // A frozen copy is done with the freeze, whatever its outcome; so is a
+        // converging one with its group's final freeze.
         job.freeze?.release(job)
+        if job.work.consistency == .converge { finalPassDone(job) }
         locked {
             job.copying = false
             switch result {
             case .success(let summary) where !job.cancelRequested:
                 job.work.summary = summary
                 if job.status == .paused { job.transition(to: .running, emit: emit) }
+                if job.status == .standby { job.transition(to: .ready, emit: emit) }
                 job.transition(to: .waiting, emit: emit)
             case .success:
                 abort(job)
@@ -113,6 +120,7 @@ final class JobList: @unchecked Sendable {
     /// Moves a job to aborting; in a grouped transaction every other job is cancelled.
     private func abort(_ job: Job) {
         if job.status == .paused { job.transition(to: .running, emit: emit) }
+        if job.status == .standby { job.transition(to: .ready, emit: emit) }
         if job.status != .aborting { job.transition(to: .aborting, emit: emit) }
         guard job.group.grouped else { return }
         for other in job.group.jobs where other !== job && !other.cancelRequested {
@@ -168,6 +176,7 @@ final class JobList: @unchecked Sendable {
             }
         }
         if !ok { job.work.discard() }
+        daemon.removeRecorder(of: job.work)
         daemon.endFreeze(of: job.work, succeeded: ok, completed: job.control.completedExtents)
         job.finishedAt = Date()
         daemon.catalogFinished(job, succeeded: ok)
@@ -267,6 +276,7 @@ final class JobList: @unchecked Sendable {
         }
         locked {
             if job.userPaused && job.status == .running { job.transition(to: .paused, emit: emit) }
+            if job.userPaused && job.status == .ready { job.transition(to: .standby, emit: emit) }
         }
     }
 
@@ -280,6 +290,7 @@ final class JobList: @unchecked Sendable {
             job.control.resume()
             job.stoppedOnError?.signal()
             if job.status == .paused { job.transition(to: .running, emit: emit) }
+            if job.status == .standby { job.transition(to: .ready, emit: emit) }
         }
     }
 
@@ -305,6 +316,7 @@ final class JobList: @unchecked Sendable {
         try locked {
             let job = try self.job(id)
             try check(.complete, job)
+            job.completeRequested = true
         }
     }
 

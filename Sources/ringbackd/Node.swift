@@ -20,6 +20,8 @@ final class Node {
     let disk: String
     let tracked: TrackedDevice
     var bitmaps: BitmapSet
+    /// Private write records of converging jobs, marked with the bitmaps.
+    var recorders: [WriteRecorder] = []
 
     init(path: String, size: UInt64, identity: DeviceIdentity, disk: String, tracked: TrackedDevice, bitmaps: BitmapSet) {
         self.path = path
@@ -95,4 +97,14 @@ struct StateFiles {
 /// The boot id, which tells a reboot (and the writes no daemon saw) apart.
 func currentBootID(from path: String) -> String {
     ((try? String(contentsOfFile: path, encoding: .utf8)) ?? "unknown").trimmingCharacters(in: .whitespacesAndNewlines)
+}
+
+/// The writes a converging job has not copied yet: marked by the tracker like
+/// a bitmap, taken (and emptied) by the job before each pass.
+final class WriteRecorder {
+    var bitmap: DirtyBitmap
+    init(deviceSize: UInt64, granularity: UInt64) {
+        // The name is never shown; the granularity is the image's cluster size.
+        bitmap = try! DirtyBitmap(name: "converge", deviceSize: deviceSize, granularity: granularity)
+    }
 }

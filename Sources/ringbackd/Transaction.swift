@@ -81,7 +81,10 @@ extension Daemon {
             var devices: [String] = []
             for action in actions {
                 guard let name = action.deviceName, let path = try? resolve(name) else { continue }
-                if action is BitmapAction, (action as! BitmapAction).type == "block-dirty-bitmap-add", node(path) == nil {
+                // So does a converging backup, whose passes follow the writes.
+                let adds = (action as? BitmapAction)?.type == "block-dirty-bitmap-add"
+                let converges = (action as? DriveBackupAction)?.converges == true
+                if (adds || converges) && node(path) == nil {
                     try startTracking(path)
                 }
                 if let n = node(path) { disks.insert(n.disk) }
@@ -259,6 +262,15 @@ final class DriveBackupAction: TransactionAction {
                 saved = node.bitmaps
                 try work.freeze(in: node)
             }
+            if work.consistency == .converge, let job {
+                guard let node = daemon.node(work.device) else {
+                    throw CommandError("x-consistency 'converge' needs \(work.device) to be tracked")
+                }
+                // From this point in time on, the writes the copy races with are recorded.
+                let recorder = WriteRecorder(deviceSize: node.size, granularity: UInt64(work.options.clusterSize))
+                node.recorders.append(recorder)
+                work.driver = ConvergeDriver(daemon: daemon, job: job, node: node, recorder: recorder)
+            }
         } catch {
             abort()
             throw error
@@ -267,9 +279,14 @@ final class DriveBackupAction: TransactionAction {
 
     func abort() {
         if let node, let saved { node.bitmaps = saved }
-        if let job { daemon.jobs.discardCreated(job) }
+        if let job {
+            daemon.removeRecorder(of: job.work)
+            daemon.jobs.discardCreated(job)
+        }
         job = nil
     }
+
+    var converges: Bool { arguments.values["x-consistency"]?.stringValue == "converge" }
 
     func commit() {
         if let job { daemon.jobs.start(job) }

@@ -9,37 +9,6 @@ import TestSupport
 @Suite(.enabled(if: TestEnvironment.canUseLoopDevices, Comment(rawValue: TestEnvironment.loopSkipReason)),
        .serialized)
 struct QuiesceTests {
-    /// An ext4 filesystem on a loop device, mounted; unmounted (thawed first) when released.
-    final class MountedExt4: @unchecked Sendable {
-        let device: LoopDevice
-        let mountPoint: String
-        init(in dir: TemporaryDirectory, name: String = "fs", size: UInt64 = 64 << 20) throws {
-            device = try LoopDevice(size: size, in: dir.path, name: name + ".img")
-            mountPoint = dir.file(name)
-            try FileManager.default.createDirectory(atPath: mountPoint, withIntermediateDirectories: true)
-            try Shell.check(["mkfs.ext4", "-q", "-F", device.path])
-            try Shell.check(["mount", device.path, mountPoint])
-        }
-        /// Whether a file can be created and synced within `seconds`. A writer
-        /// on a frozen filesystem sleeps uninterruptibly until the thaw, so it
-        /// is not waited for: it finishes on its own once thawed.
-        func writable(within seconds: Double) -> Bool {
-            let file = mountPoint + "/probe-\(UInt32.random(in: 0...UInt32.max))"
-            let p = Process()
-            p.executableURL = URL(fileURLWithPath: "/bin/sh")
-            p.arguments = ["-c", "echo x > \(file) && sync -f \(file)"]
-            guard (try? p.run()) != nil else { return false }
-            let deadline = Date().addingTimeInterval(seconds)
-            while p.isRunning && Date() < deadline { usleep(10_000) }
-            return !p.isRunning && p.terminationStatus == 0
-        }
-        deinit {
-            _ = try? Shell.run(["fsfreeze", "-u", mountPoint])
-            _ = try? Shell.run(["umount", mountPoint])
-            device.detach()
-        }
-    }
-
     /// A hooks folder with one script, `body` run for the phase named.
     static func hooks(in dir: TemporaryDirectory, phase: String, body: String) throws -> String {
         let hooks = dir.file("hooks.d")
