@@ -149,9 +149,12 @@ public final class QMPServer: @unchecked Sendable {
             let n = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
             if n < 0 && errno == EINTR { continue }
             if n <= 0 { return }
-            let objects: [Data]
-            do { objects = try splitter.feed(buf[0..<n]) } catch {
-                let why = switch error {
+            // Messages completed before a framing error in the same read are
+            // answered first, as if they had come in reads of their own.
+            let (objects, failure) = splitter.split(buf[0..<n])
+            for object in objects { handle(object, on: fd) }
+            if let failure {
+                let why = switch failure {
                 case .tooLarge(let limit): "message larger than \(limit) bytes"
                 case .unexpected(let b): "JSON parse error, unexpected byte 0x\(String(b, radix: 16))"
                 }
@@ -165,7 +168,6 @@ public final class QMPServer: @unchecked Sendable {
                 while buf.withUnsafeMutableBytes({ read(fd, $0.baseAddress, $0.count) }) > 0 {}
                 return
             }
-            for object in objects { handle(object, on: fd) }
         }
     }
 

@@ -22,6 +22,17 @@ import TestSupport
         var t = JSONStreamSplitter()
         #expect(throws: JSONStreamSplitter.SplitError.unexpected(UInt8(ascii: "x"))) { try t.feed(Array("x".utf8)) }
     }
+
+    /// Complete messages written in the same go as a framing error are still
+    /// delivered, before the error (the fuzz test found them dropped).
+    @Test(arguments: [("[", JSONStreamSplitter.SplitError.unexpected(UInt8(ascii: "["))),
+                      (#"{"pad": "0123456789abcdef0123456789"}"#, .tooLarge(32))])
+    func objectsBeforeAFramingErrorAreKept(bad: String, failure: JSONStreamSplitter.SplitError) {
+        var s = JSONStreamSplitter(limit: 32)
+        let (objects, found) = s.split(Array((#"{"id": 1} {"id": 2}"# + bad).utf8))
+        #expect(objects.map { String(decoding: $0, as: UTF8.self) } == [#"{"id": 1}"#, #"{"id": 2}"#])
+        #expect(found == failure)
+    }
 }
 
 /// The server and client over a real Unix socket.
