@@ -352,7 +352,7 @@ def open_fds(pid):
 def alive(pid):
     try:
         return proc_status(pid)["State"][0] not in "ZX"
-    except FileNotFoundError:
+    except OSError:          # gone (ENOENT), or going while read (ESRCH)
         return False
 
 
