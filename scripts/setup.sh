@@ -15,10 +15,15 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 # targets and pkg-config to find them. Tests and demo: the oracles and the tools
 # that make real devices and filesystems (DESIGN.md §13); the sqlite3 shell
 # reads the catalog files the tests write.
+# The control-protocol tests: python3-venv for the venv of the stock QMP
+# client (qemu.qmp, below), qemu-system-common for qemu-storage-daemon (QEMU
+# itself, the oracle of that client's checks), passwd and util-linux's setpriv
+# for the access tests' unprivileged users.
 packages=(
     liburing-dev libblkid-dev libxxhash-dev libzstd-dev zlib1g-dev libsqlite3-dev pkg-config
     qemu-utils fio e2fsprogs util-linux fdisk xfsprogs python3 sqlite3
     fuse3 python3-fusepy
+    python3-venv qemu-system-common passwd
 )
 
 if ! command -v dpkg-query >/dev/null 2>&1 || ! command -v apt-get >/dev/null 2>&1; then
@@ -32,13 +37,15 @@ for p in "${packages[@]}"; do
     fi
 done
 
+sudo=()
+if ((EUID != 0)) && command -v sudo >/dev/null 2>&1; then
+    sudo=(sudo)
+fi
+
 if ((${#missing[@]} > 0)); then
     rb_say "setup: installing ${missing[*]}"
-    sudo=()
-    if ((EUID != 0)); then
-        command -v sudo >/dev/null 2>&1 ||
-            rb_die "not root and no sudo: as root, run apt-get install ${missing[*]}"
-        sudo=(sudo)
+    if ((EUID != 0)) && ((${#sudo[@]} == 0)); then
+        rb_die "not root and no sudo: as root, run apt-get install ${missing[*]}"
     fi
     # Another apt may be running (unattended-upgrades, a second session): wait
     # for its lock rather than fail.
@@ -48,12 +55,27 @@ if ((${#missing[@]} > 0)); then
         apt-get "${apt_opts[@]}" install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# The stock QMP client the protocol tests drive ringbackd with: QEMU's
+# qemu.qmp from PyPI, in a venv of Debian's python3 that every checkout on
+# the machine shares. Made only when importing it fails.
+test_venv=${RINGBACK_TEST_VENV:-/opt/ringback-test-venv}
+qemu_qmp_version=0.0.6
+if ! "$test_venv/bin/python" -c 'from qemu.qmp import QMPClient' >/dev/null 2>&1; then
+    rb_say "setup: installing qemu.qmp $qemu_qmp_version into $test_venv"
+    if "${sudo[@]}" /usr/bin/python3 -m venv "$test_venv"; then
+        "${sudo[@]}" "$test_venv/bin/python" -m pip install --quiet --disable-pip-version-check \
+            "qemu.qmp==$qemu_qmp_version" || rb_warn "pip could not install qemu.qmp into $test_venv"
+    else
+        rb_warn "could not make the venv $test_venv"
+    fi
+fi
+
 # What the packages are for, checked by use rather than by name.
 problems=()
 for module in liburing blkid libxxhash libzstd zlib sqlite3; do
     pkg-config --exists "$module" || problems+=("pkg-config module $module")
 done
-for tool in qemu-img fio losetup mkfs.ext4 mkfs.xfs sfdisk partx python3 sqlite3; do
+for tool in qemu-img qemu-storage-daemon fio losetup mkfs.ext4 mkfs.xfs sfdisk partx python3 sqlite3 setpriv; do
     command -v "$tool" >/dev/null 2>&1 || problems+=("command $tool")
 done
 # faultfs (Tests/tools/faultfs.py) runs under Debian's interpreter, the one
@@ -62,6 +84,12 @@ command -v fusermount3 >/dev/null 2>&1 || command -v fusermount >/dev/null 2>&1 
     problems+=("command fusermount3 or fusermount")
 /usr/bin/python3 -c 'import fusepy' >/dev/null 2>&1 ||
     problems+=("python module fusepy for /usr/bin/python3 (faultfs)")
+# Not on a user's PATH, so by their place.
+for tool in /usr/sbin/useradd /usr/sbin/userdel /usr/sbin/groupadd /usr/sbin/groupdel; do
+    [[ -x $tool ]] || problems+=("command $tool")
+done
+"$test_venv/bin/python" -c 'from qemu.qmp import QMPClient' >/dev/null 2>&1 ||
+    problems+=("qemu.qmp in $test_venv (python3 -m venv $test_venv; $test_venv/bin/pip install qemu.qmp)")
 
 if ! rb_find_swift; then
     problems+=("swift (not on PATH and not in $RB_SWIFT_HOME; install a Swift 6 toolchain for Linux and put its usr/bin on PATH)")

@@ -97,17 +97,27 @@ public struct JSONStreamSplitter: Sendable {
 
     /// Feeds bytes; returns the complete objects they finish.
     public mutating func feed(_ bytes: some Sequence<UInt8>) throws(SplitError) -> [Data] {
+        let (objects, failure) = split(bytes)
+        if let failure { throw failure }
+        return objects
+    }
+
+    /// Feeds bytes; returns the complete objects they finish and, when the
+    /// stream breaks the framing, the error found after them. The objects come
+    /// first because a peer that wrote several messages in one go is owed an
+    /// answer to each complete one before the stream is given up.
+    public mutating func split(_ bytes: some Sequence<UInt8>) -> (objects: [Data], failure: SplitError?) {
         var out: [Data] = []
         for byte in bytes {
             if start == nil {
                 switch byte {
                 case UInt8(ascii: " "), UInt8(ascii: "\n"), UInt8(ascii: "\r"), UInt8(ascii: "\t"): continue
                 case UInt8(ascii: "{"): start = 0; buffer = []
-                default: throw .unexpected(byte)
+                default: return (out, .unexpected(byte))
                 }
             }
             buffer.append(byte)
-            if buffer.count > limit { throw .tooLarge(limit) }
+            if buffer.count > limit { return (out, .tooLarge(limit)) }
             if inString {
                 if escaped { escaped = false }
                 else if byte == UInt8(ascii: "\\") { escaped = true }
@@ -127,6 +137,6 @@ public struct JSONStreamSplitter: Sendable {
             default: break
             }
         }
-        return out
+        return (out, nil)
     }
 }

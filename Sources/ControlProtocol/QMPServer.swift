@@ -122,13 +122,31 @@ public final class QMPServer: @unchecked Sendable {
 
     /// The peer's credentials from SO_PEERCRED (struct ucred: pid, uid, gid,
     /// which Glibc's module hides behind _GNU_SOURCE, hence the plain layout).
+    /// A member of the configured group is usually one through a supplementary
+    /// group, which SO_PEERCRED does not carry: those come from SO_PEERGROUPS.
     private func peerAllowed(_ fd: Int32) -> Bool {
         var cred: (pid: Int32, uid: UInt32, gid: UInt32) = (0, UInt32.max, UInt32.max)
         var len = socklen_t(MemoryLayout.size(ofValue: cred))
         guard getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0 else { return false }
         if cred.uid == 0 { return true }
-        if let allowedGroup, cred.gid == allowedGroup { return true }
-        return false
+        guard let allowedGroup else { return false }
+        return cred.gid == allowedGroup || peerGroups(fd).contains(allowedGroup)
+    }
+
+    /// The peer's supplementary groups as they were at its connect()
+    /// (SO_PEERGROUPS, Linux 4.13, socket(7)); none when the kernel cannot
+    /// tell, which refuses a member rather than admitting a stranger.
+    private func peerGroups(_ fd: Int32) -> [gid_t] {
+        let soPeerGroups: Int32 = 59   // asm-generic/socket.h; not exported by Glibc's module
+        var groups = [gid_t](repeating: 0, count: 64)
+        while true {
+            var len = socklen_t(groups.count * MemoryLayout<gid_t>.stride)
+            let rc = groups.withUnsafeMutableBytes { getsockopt(fd, SOL_SOCKET, soPeerGroups, $0.baseAddress, &len) }
+            if rc == 0 { return Array(groups.prefix(Int(len) / MemoryLayout<gid_t>.stride)) }
+            // Too small a buffer: the kernel fails with ERANGE and says how large.
+            guard errno == ERANGE, Int(len) > groups.count * MemoryLayout<gid_t>.stride else { return [] }
+            groups = [gid_t](repeating: 0, count: Int(len) / MemoryLayout<gid_t>.stride)
+        }
     }
 
     private func serve(_ fd: Int32) {
@@ -149,9 +167,12 @@ public final class QMPServer: @unchecked Sendable {
             let n = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
             if n < 0 && errno == EINTR { continue }
             if n <= 0 { return }
-            let objects: [Data]
-            do { objects = try splitter.feed(buf[0..<n]) } catch {
-                let why = switch error {
+            // Messages completed before a framing error in the same read are
+            // answered first, as if they had come in reads of their own.
+            let (objects, failure) = splitter.split(buf[0..<n])
+            for object in objects { handle(object, on: fd) }
+            if let failure {
+                let why = switch failure {
                 case .tooLarge(let limit): "message larger than \(limit) bytes"
                 case .unexpected(let b): "JSON parse error, unexpected byte 0x\(String(b, radix: 16))"
                 }
@@ -165,7 +186,6 @@ public final class QMPServer: @unchecked Sendable {
                 while buf.withUnsafeMutableBytes({ read(fd, $0.baseAddress, $0.count) }) > 0 {}
                 return
             }
-            for object in objects { handle(object, on: fd) }
         }
     }
 

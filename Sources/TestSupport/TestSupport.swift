@@ -296,6 +296,12 @@ public final class DaemonProcess: @unchecked Sendable {
         throw Shell.Failure(command: [Self.binary] + args, result: .init(status: -1, stdout: "", stderr: "socket never answered"))
     }
 
+    /// The running daemon's process id (nil once stopped), for /proc/PID.
+    public var pid: Int32? {
+        guard let p = process, p.isRunning else { return nil }
+        return p.processIdentifier
+    }
+
     public func log() -> String {
         (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? ""
     }
@@ -320,6 +326,12 @@ public final class DaemonProcess: @unchecked Sendable {
     @discardableResult
     public func ringback(_ args: [String]) throws -> Shell.Result {
         try RingbackBinary.run(args, environment: ["RINGBACK_SOCKET": socket])
+    }
+
+    /// Removes the tracefs instance of a test's own disk: a daemon that died
+    /// before it saved its list of tracked devices leaves it behind.
+    public static func removeTracefsInstance(of device: String) {
+        rmdir("/sys/kernel/tracing/instances/ringback-" + (device as NSString).lastPathComponent)
     }
 
     deinit {

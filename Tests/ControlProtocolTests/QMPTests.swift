@@ -22,6 +22,17 @@ import TestSupport
         var t = JSONStreamSplitter()
         #expect(throws: JSONStreamSplitter.SplitError.unexpected(UInt8(ascii: "x"))) { try t.feed(Array("x".utf8)) }
     }
+
+    /// Complete messages written in the same go as a framing error are still
+    /// delivered, before the error (the fuzz test found them dropped).
+    @Test(arguments: [("[", JSONStreamSplitter.SplitError.unexpected(UInt8(ascii: "["))),
+                      (#"{"pad": "0123456789abcdef0123456789"}"#, .tooLarge(32))])
+    func objectsBeforeAFramingErrorAreKept(bad: String, failure: JSONStreamSplitter.SplitError) {
+        var s = JSONStreamSplitter(limit: 32)
+        let (objects, found) = s.split(Array((#"{"id": 1} {"id": 2}"# + bad).utf8))
+        #expect(objects.map { String(decoding: $0, as: UTF8.self) } == [#"{"id": 1}"#, #"{"id": 2}"#])
+        #expect(found == failure)
+    }
 }
 
 /// The server and client over a real Unix socket.
@@ -32,6 +43,7 @@ import TestSupport
         let server = QMPServer(path: path, greeting: QMP.greeting(major: 0, minor: 1, micro: 0, package: "test")) { command, args in
             switch command {
             case "echo": return .object(args)
+            case "big": return .string(String(repeating: "x", count: 4 << 20))
             case "fail": throw CommandError("it failed as asked")
             default: throw CommandError.commandNotFound(command)
             }
@@ -92,10 +104,87 @@ import TestSupport
         }
     }
 
+    /// A reply and events written at the same moment from different threads
+    /// reach the client whole, one after the other, never spliced together.
+    @Test func eventsDoNotSpliceIntoALargeReply() throws {
+        try withServer { path, server in
+            var client: QMPClient? = try QMPClient(path: path)
+            let ticking = Flag(), done = DispatchSemaphore(value: 0)
+            // 3,000 events of 2 KiB: well within what a client may leave unread.
+            Thread {
+                for _ in 0..<3000 where ticking.isRaised {
+                    server.broadcast(event: "TEST_TICK", data: .object(["pad": .string(String(repeating: "e", count: 2048))]))
+                }
+                done.signal()
+            }.start()
+            defer {
+                ticking.lower()
+                client = nil
+                done.wait()
+            }
+            for _ in 0..<5 {
+                let reply = try client!.execute("big")
+                #expect(reply.stringValue?.count == 4 << 20)
+                #expect(reply.stringValue?.allSatisfy { $0 == "x" } == true)
+            }
+            #expect(client!.events.allSatisfy { $0["event"] == .string("TEST_TICK") })
+        }
+    }
+
+    /// A client that stops reading holds up no one for good: broadcast
+    /// returns, a reading client gets every event, and the stalled client is
+    /// disconnected. 16 MiB of events is far more than any socket buffers.
+    @Test func aClientThatStopsReadingHoldsUpNoOne() throws {
+        try withServer { path, server in
+            let stalled = try QMPClient(path: path)          // negotiated, then reads nothing
+            nonisolated(unsafe) let reader = try QMPClient(path: path)
+            let pad = String(repeating: "s", count: 64 << 10)
+            let count = (16 << 20) / pad.utf8.count
+            // The flood keeps at most 32 events ahead of the reader, so only
+            // the stalled client can fall behind by the limit.
+            let received = DispatchSemaphore(value: 32), flooded = DispatchSemaphore(value: 0), read = DispatchSemaphore(value: 0)
+            nonisolated(unsafe) var inOrder = 0
+            Thread {
+                for i in 0..<count {
+                    received.wait()
+                    server.broadcast(event: "TEST_FLOOD", data: .object(["i": .int(Int64(i)), "pad": .string(pad)]))
+                }
+                flooded.signal()
+            }.start()
+            Thread {
+                for i in 0..<count {
+                    guard let event = try? reader.nextEvent(), event["data"]?["i"] == .int(Int64(i)) else { break }
+                    inOrder += 1
+                    received.signal()
+                }
+                read.signal()
+            }.start()
+            // Only a guard against hanging the run: a blocked broadcast never returns.
+            let floodReturned = flooded.wait(timeout: .now() + 300) == .success
+            #expect(floodReturned, "broadcast blocked on the client that stopped reading")
+            guard floodReturned else { return }      // stopping the server unblocks the threads
+            read.wait()
+            #expect(inOrder == count, "the reading client got \(inOrder) of \(count) events in order")
+            var stalledGot = 0
+            let cutOff = #expect(throws: CommandError.self) { while true { _ = try stalled.nextEvent(); stalledGot += 1 } }
+            #expect(cutOff?.desc.contains("closed the connection") == true)
+            #expect(stalledGot < count)
+            #expect(try QMPClient(path: path).execute("echo") == .object([:]))
+        }
+    }
+
     @Test func aSecondServerOnALiveSocketIsRefused() throws {
         try withServer { path, _ in
             let second = QMPServer(path: path, greeting: .object([:])) { _, _ in .null }
             #expect(throws: CommandError.self) { try second.start() }
         }
     }
+}
+
+/// A flag one thread lowers and another reads.
+final class Flag: @unchecked Sendable {
+    private let lock = NSLock()
+    private var raised = true
+    var isRaised: Bool { lock.withLock { raised } }
+    func lower() { lock.withLock { raised = false } }
 }
