@@ -46,7 +46,9 @@ extension Daemon {
             // Adding the first bitmap starts tracking the device (DESIGN §7).
             if node(path) == nil { try startTracking(path) }
             let name = try a.string("name")
-            let granularity = try a.optionalInt("granularity").map { UInt64($0) } ?? DirtyBitmap.defaultGranularity
+            try a.allow(["node", "name", "granularity", "persistent", "disabled"])
+            // Negative values get QEMU's range message rather than a trap.
+            let granularity = try a.optionalInt("granularity").map { UInt64(max(0, $0)) } ?? DirtyBitmap.defaultGranularity
             let persistent = try a.optionalBool("persistent") ?? false
             let disabled = try a.optionalBool("disabled") ?? false
             try barrier(disk: node(path)!.disk)   // writes before the add do not count

@@ -227,21 +227,27 @@ final class Daemon: @unchecked Sendable {
     /// bitmaps afterwards. BitmapError's QEMU text becomes the reply.
     func withBitmaps<T>(_ node: String, _ body: (inout BitmapSet) throws -> T) throws -> T {
         let path = try resolve(node)
-        let result = try locked { () throws -> T in
+        return try locked { () throws -> T in
             guard let n = nodes[path] else { throw CommandError("Cannot find device='\(node)' nor node-name='\(node)': it is not tracked") }
+            let before = n.bitmaps
             do {
                 // On a copy, so that a body that fails part-way (remove, then
                 // add) leaves the device's bitmaps as they were.
                 var bitmaps = n.bitmaps
                 let r = try body(&bitmaps)
                 n.bitmaps = bitmaps
+                // A change that cannot be saved is not made: the set on disk
+                // and in memory stay one.
+                try saveAll(inUse: true)
                 return r
             } catch let e as BitmapError {
+                n.bitmaps = before
                 throw CommandError(e.message)
+            } catch {
+                n.bitmaps = before
+                throw CommandError("cannot save the bitmaps of \(path): \(error); nothing was changed")
             }
         }
-        try saveAll(inUse: true)
-        return result
     }
 
     func removeBitmapFile(node: String, name: String) {

@@ -70,7 +70,15 @@ struct StateFiles {
                 CharacterSet.alphanumerics.contains(c) || c == "-" || c == "." ? String(c) : String(format: "%%%02X", c.value)
             }.joined()
         }
-        return bitmaps + "/" + escape(node) + "@" + escape(name) + ".bitmap"
+        var file = escape(node) + "@" + escape(name)
+        // A long name would pass NAME_MAX (255): keep a readable start and a
+        // digest of the rest. The loader reads the name from the file itself.
+        if file.utf8.count > 200 {
+            var h: UInt64 = 0xcbf2_9ce4_8422_2325   // FNV-1a
+            for b in file.utf8 { h = (h ^ UInt64(b)) &* 0x100_0000_01b3 }
+            file = String(file.prefix(160)) + "~" + String(h, radix: 16)
+        }
+        return bitmaps + "/" + file + ".bitmap"
     }
 
     /// What survives a restart besides the bitmap files: which devices are
