@@ -255,8 +255,13 @@ public final class DaemonProcess: @unchecked Sendable {
     public private(set) var logPath: String
 
     /// Starts ringbackd and waits until its socket answers.
+    /// Held so that the folder (with tracked.json, which says which tracefs
+    /// instances are this daemon's) outlives the daemon's clean-up.
+    private let directory: TemporaryDirectory
+
     public init(in dir: TemporaryDirectory, stateDir: String? = nil, bootIDFile: String? = nil,
                 extraArguments: [String] = []) throws {
+        directory = dir
         socket = dir.file("qmp.sock")
         self.stateDir = stateDir ?? dir.file("state")
         self.bootIDFile = bootIDFile
@@ -339,10 +344,19 @@ public final class DaemonProcess: @unchecked Sendable {
         // The instances a killed daemon leaves behind record until removed.
         let dir = "/sys/kernel/tracing/instances"
         if let names = try? FileManager.default.contentsOfDirectory(atPath: dir) {
-            let state = (try? String(contentsOfFile: stateDir + "/tracked.json", encoding: .utf8)) ?? ""
+            // The devices it tracked, exactly: loop1 must not match loop10 of another test.
+            let data = FileManager.default.contents(atPath: stateDir + "/tracked.json") ?? Data()
+            let nodes = ((try? JSONSerialization.jsonObject(with: data)) as? [String: Any])?["nodes"] as? [String] ?? []
+            let disks = Set(nodes.map { node -> String in
+                // A partition's instance is its disk's: loop3p1 → loop3.
+                var name = (node as NSString).lastPathComponent
+                if let p = name.range(of: #"(?<=[0-9])p[0-9]+$"#, options: .regularExpression) {
+                    name.removeSubrange(p)
+                }
+                return name
+            })
             for name in names where name.hasPrefix("ringback-") {
-                let disk = String(name.dropFirst("ringback-".count))
-                if state.contains("/dev/\(disk)") { rmdir(dir + "/" + name) }
+                if disks.contains(String(name.dropFirst("ringback-".count))) { rmdir(dir + "/" + name) }
             }
         }
     }

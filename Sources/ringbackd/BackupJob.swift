@@ -210,14 +210,20 @@ final class BackupWork: @unchecked Sendable {
             request.force = force
             request.publishLater = true
             request.nextPass = nextPass
-            return try JSONValue.from(FullBackup.run(request, control: control))
+            return withConvergeReport(try JSONValue.from(FullBackup.run(request, control: control)))
         }
         let changed = rescan ? nil : frozen.map { Array($0.dirtyExtents) } ?? []
         var request = IncrementalRequest(device: device, previousImage: previous!, target: image, changed: changed)
         request.options = options
         request.publishLater = true
         request.nextPass = nextPass
-        return try JSONValue.from(IncrementalBackup.run(request, control: control))
+        return withConvergeReport(try JSONValue.from(IncrementalBackup.run(request, control: control)))
+    }
+
+    private func withConvergeReport(_ summary: JSONValue) -> JSONValue {
+        guard let driver, var o = summary.objectValue else { return summary }
+        o["converge"] = driver.report
+        return .object(o)
     }
 
     /// The job succeeded and is finalized: the image gets its name.

@@ -27,6 +27,18 @@ final class ConvergeDriver: @unchecked Sendable {
     private var passes = 1
     private var ready = false
     private var finalTaken = false
+    /// Bytes the final pass copied inside the freeze.
+    private var finalBytes: UInt64 = 0
+
+    /// What the convergence did, for the job's summary.
+    var report: JSONValue {
+        let freeze = daemon.jobs.locked { job.group.convergeFreeze }
+        return .object([
+            "passes": .int(Int64(passes)), "final-bytes": .int(Int64(finalBytes)),
+            "frozen-seconds": .double(freeze?.frozenSeconds ?? 0),
+            "quiesce-seconds": .double(freeze?.quiesceSeconds ?? 0),
+        ])
+    }
 
     init(daemon: Daemon, job: Job, node: Node, recorder: WriteRecorder) {
         self.daemon = daemon
@@ -58,10 +70,12 @@ final class ConvergeDriver: @unchecked Sendable {
                 try daemon.barrier(disk: node.disk)
                 finalTaken = true
                 passes += 1
-                return daemon.locked {
+                let extents = daemon.locked {
                     if let name = job.work.bitmap { try? node.bitmaps.absorbSuccessor(name) }
                     return take()
                 }
+                finalBytes = extents.reduce(0) { $0 + $1.length }
+                return extents
             }
             // Not converged yet, or ready and waiting for job-complete while the
             // device keeps changing: another pass keeps the final one short.
@@ -89,6 +103,11 @@ final class ConvergeFreeze: @unchecked Sendable {
     var section: QuiescedSection?
     var error: Error?
     var passes: [String: Int] = [:]
+    /// When the group began to quiesce (hooks, then FIFREEZE's sync) and how
+    /// long the filesystems were then frozen (monotonic seconds).
+    var quiesceStartedAt = 0.0
+    var quiesceSeconds: Double?
+    var frozenSeconds: Double?
 }
 
 extension JobList {
@@ -128,6 +147,7 @@ extension JobList {
                 return (false, members)
             }
             if freezer {
+                locked { freeze.quiesceStartedAt = CopyControl.now }
                 do {
                     let section = try daemonQuiesce(Array(Set(members.map(\.work.device))).sorted())
                     locked { freeze.section = section }
@@ -160,8 +180,11 @@ extension JobList {
         if case .requested(let s) = thaw { seconds = s }
         if case .expired(let s) = thaw { seconds = s }
         locked {
+            freeze.frozenSeconds = seconds
+            freeze.quiesceSeconds = CopyControl.now - freeze.quiesceStartedAt
             daemonEmit("X_CONVERGE_FROZEN", .object([
                 "jobs": .array(ids.map { .string($0) }), "seconds": .double(seconds),
+                "quiesce-seconds": .double(freeze.quiesceSeconds ?? 0),
                 "passes": .object(freeze.passes.mapValues { .int(Int64($0)) }),
                 "expired": .bool({ if case .expired = thaw { return true }; return false }()),
             ]))

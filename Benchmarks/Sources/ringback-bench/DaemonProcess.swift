@@ -40,12 +40,15 @@ final class DaemonProcess: Sendable {
     var pid: Int32? { state.withLock { $0.process?.processIdentifier } }
 
     /// Starts the daemon and waits until its socket answers.
-    func start() throws {
+    func start() throws { try startWith([]) }
+
+    /// `start`, with more ringbackd options.
+    func startWith(_ extra: [String]) throws {
         _ = FileManager.default.createFile(atPath: logPath, contents: nil)
         guard let log = FileHandle(forWritingAtPath: logPath) else { throw BenchError("cannot write \(logPath)") }
         let process = Process()
         process.executableURL = URL(fileURLWithPath: binary)
-        process.arguments = ["--socket", socket, "--state-dir", stateDirectory]
+        process.arguments = ["--socket", socket, "--state-dir", stateDirectory] + extra
         process.standardInput = FileHandle.nullDevice
         process.standardOutput = log
         process.standardError = log

@@ -12,9 +12,10 @@ struct RingbackBench: ParsableCommand {
         discussion: """
             copy (the default): ringback backup against fio, dd and qemu-img convert. \
             tracking: fio 4k random-write IOPS with write tracking off and on, and an \
-            incremental backup from a dirty bitmap against --rescan and a full backup.
+            incremental backup from a dirty bitmap against --rescan and a full backup. \
+            converge: a converge backup of a live ext4 under a steady fio write load (passes, final freeze).
             """,
-        subcommands: [CopySuite.self, TrackingSuite.self],
+        subcommands: [CopySuite.self, TrackingSuite.self, ConvergeSuite.self],
         defaultSubcommand: CopySuite.self)
 }
 
