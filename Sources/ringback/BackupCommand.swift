@@ -69,6 +69,11 @@ struct BackupCommand: ParsableCommand {
     @Flag(help: "Re-read the whole device and compare it with the previous backup's digests (re-arms an inconsistent bitmap).")
     var rescan = false
 
+    @Option(help: ArgumentHelp("Through ringbackd: the point in time. frozen: the filesystems stay frozen for the copy; "
+                               + "converge: copy live, then a short final freeze; none: a live, crash-inconsistent copy.",
+                               valueName: "mode"))
+    var consistency: String?
+
     @Option(help: "ringbackd's control socket (default: $RINGBACK_SOCKET or /run/ringback/qmp.sock).")
     var socket: String = QMP.socketPath
 
@@ -76,7 +81,7 @@ struct BackupCommand: ParsableCommand {
     var json = false
 
     func run() throws {
-        if sync != nil || bitmap != nil || rescan {
+        if sync != nil || bitmap != nil || rescan || consistency != nil {
             runInDaemon()
             return
         }
@@ -126,6 +131,11 @@ extension BackupCommand {
         if let bitmap { args["bitmap"] = .string(bitmap) }
         if let bitmapMode { args["bitmap-mode"] = .string(bitmapMode) }
         if rescan { args["x-rescan"] = .bool(true) }
+        if let consistency {
+            args["x-consistency"] = .string(consistency)
+            // From the command line a converging backup completes by itself.
+            if consistency == "converge" { args["auto-complete"] = .bool(true) }
+        }
         if speed.value > 0 { args["speed"] = .int(Int64(speed.value)) }
         // The job is followed by its events; its id names this CLI run.
         let id = "cli-\(getpid())-\(Int(Date().timeIntervalSince1970))"

@@ -140,4 +140,57 @@ struct QuiesceTests {
         let record = try qmp.execute("x-query-backups").arrayValue?.first
         #expect(record?["consistency"]?.stringValue == "frozen")
     }
+
+    @Test("converge without auto-complete: READY, standby on pause, job-complete runs the final freeze")
+    func convergeWaitsForJobComplete() throws {
+        let dir = try TemporaryDirectory()
+        let fs = try MountedExt4(in: dir)
+        let daemon = try DaemonProcess(in: dir, extraArguments: ["--hooks-dir", dir.file("no-hooks")])
+        let qmp = try QMPSession(socket: daemon.socket)
+        let chain = dir.file("chain")
+        try FileManager.default.createDirectory(atPath: chain, withIntermediateDirectories: true)
+        try Shell.check(["sh", "-c", "head -c 4000000 /dev/urandom > \(fs.mountPoint)/data && sync"])
+        try qmp.execute("drive-backup", qmpArgs(["device": fs.device.path, "target": chain, "sync": "full", "job-id": "cv",
+                                                 "x-consistency": "converge", "x-converge": ["threshold": 1 << 20]]))
+        try qmp.waitFor("BLOCK_JOB_READY") { $0["device"]?.stringValue == "cv" }
+        #expect(try qmp.execute("query-block-jobs").arrayValue?.first?["ready"]?.boolValue == true)
+        // Writes while ready are caught up by later passes, not lost.
+        try Shell.check(["sh", "-c", "head -c 3000000 /dev/urandom > \(fs.mountPoint)/late && sync"])
+        try qmp.execute("job-pause", qmpArgs(["id": "cv"]))
+        #expect(try qmp.job("cv")?["status"]?.stringValue == "standby")
+        try qmp.execute("job-resume", qmpArgs(["id": "cv"]))
+        #expect(try qmp.job("cv")?["status"]?.stringValue == "ready")
+        #expect(!qmp.events.contains { $0["event"]?.stringValue == "X_CONVERGE_FROZEN" }, "no final freeze before job-complete")
+        try qmp.execute("job-complete", qmpArgs(["id": "cv"]))
+        let end = try qmp.waitForEnd(of: "cv")
+        #expect(end["event"]?.stringValue == "BLOCK_JOB_COMPLETED" && end["data"]?["error"] == nil, "\(end)")
+        let converge = end["data"]?["x-summary"]?["converge"]
+        #expect((converge?["passes"]?.intValue ?? 0) >= 2, "\(converge ?? .null)")
+        #expect(qmp.statuses(of: "cv").starts(with: ["created", "running", "ready", "standby", "ready", "waiting"]))
+        let image = try #require(try FileManager.default.contentsOfDirectory(atPath: chain).first { $0.hasSuffix(".qcow2") })
+        let raw = dir.file("r.raw")
+        try Shell.check(["qemu-img", "convert", "-O", "raw", chain + "/" + image, raw])
+        let fsck = try Shell.run(["e2fsck", "-fn", raw])
+        #expect(fsck.succeeded, "\(fsck.stdout)")
+        let restored = try MountedImage(raw: raw, at: dir.file("restored"))
+        #expect(try Shell.check(["cmp", fs.mountPoint + "/late", restored.mountPoint + "/late"]).isEmpty)
+    }
+
+    @Test("ringback backup --consistency frozen|none through the daemon, recorded as such")
+    func cliConsistency() throws {
+        let dir = try TemporaryDirectory()
+        let fs = try MountedExt4(in: dir)
+        let daemon = try DaemonProcess(in: dir, extraArguments: ["--hooks-dir", dir.file("no-hooks")])
+        let chain = dir.file("chain")
+        try FileManager.default.createDirectory(atPath: chain, withIntermediateDirectories: true)
+        for mode in ["frozen", "none"] {
+            let r = try daemon.ringback(["backup", fs.device.path, "--sync", "full", "--consistency", mode, "--to", chain])
+            #expect(r.succeeded, "\(r.stderr)")
+        }
+        let bad = try daemon.ringback(["backup", fs.device.path, "--sync", "full", "--consistency", "snapshot", "--to", chain])
+        #expect(!bad.succeeded && bad.stderr.contains("Parameter 'x-consistency' does not accept value 'snapshot'"), "\(bad.stderr)")
+        let list = try daemon.ringback(["list", "--json"])
+        let records = try JSONValue.parse(Data(list.stdout.utf8)).arrayValue ?? []
+        #expect(records.compactMap { $0["consistency"]?.stringValue } == ["frozen", "crash-inconsistent"])
+    }
 }
