@@ -53,7 +53,14 @@ final class ConvergeDriver: @unchecked Sendable {
     func nextPass() throws -> [Extent]? {
         job.progressBase += job.control.bytesDone
         if finalTaken {
+            // The last pass read the device while it was frozen only if the
+            // watchdog still holds the freeze now.
+            let held = daemon.jobs.finalFreezeHolds(job)
             daemon.jobs.finalPassDone(job, passes: passes)
+            guard held else {
+                throw CommandError("the final freeze ended (no word for the freeze timeout, the watchdog thawed) before "
+                                   + "the last pass finished; the image would not be of one point in time")
+            }
             return nil
         }
         while true {
@@ -160,6 +167,12 @@ extension JobList {
             if locked({ freeze.section != nil }) { return }
             usleep(5_000)
         }
+    }
+
+    /// Whether the group's final freeze is still in force (the watchdog has not thawed).
+    func finalFreezeHolds(_ job: Job) -> Bool {
+        guard let section = locked({ job.group.convergeFreeze?.section }) else { return false }
+        return section.hold.plan.mountPoints.isEmpty || section.hold.remaining() > 0
     }
 
     /// A converging job has copied what was left (or ended): the last one of

@@ -2,7 +2,7 @@ import ArgumentParser
 import Foundation
 
 /// `ringback-bench converge`: issue 5's measure. A 1 GiB loop device holds
-/// ext4 with half a GiB of random data; fio writes to a file in it at a fixed
+/// ext4 filled to three quarters with random data; fio writes to a file in it at a fixed
 /// rate while ringbackd takes an `x-consistency: converge` backup. For each
 /// write rate (a fraction of the copy rate measured first, with no load) it
 /// reports the backup's wall time, the passes, the bytes copied in the final
@@ -23,7 +23,7 @@ struct ConvergeSuite: ParsableCommand {
     var size = "1G"
 
     @Option(help: "Write rates to run, as fractions of the measured copy rate, comma-separated.")
-    var loads = "0.25,0.45"
+    var loads = "0.1,0.25,0.45"
 
     @Option(help: "Converge threshold in MiB: passes go on while more than this is dirty.")
     var thresholdMib = 16
@@ -74,8 +74,8 @@ struct ConvergeSuite: ParsableCommand {
             _ = try? Child.run(["fsfreeze", "-u", mount], cleanUp: true)
             _ = try? Child.run(["umount", "-l", mount], cleanUp: true)
         })
-        say("filling \(mount) on \(device) with \(bytes / 2 >> 20) MiB of random data")
-        try Child.check(["fio", "--name=fill", "--filename=\(mount)/data", "--size=\(bytes / 2 >> 20)M", "--rw=write",
+        say("filling \(mount) on \(device) with \((bytes / 4 * 3) >> 20) MiB of random data")
+        try Child.check(["fio", "--name=fill", "--filename=\(mount)/data", "--size=\((bytes / 4 * 3) >> 20)M", "--rw=write",
                          "--bs=1M", "--direct=1", "--refill_buffers", "--output=/dev/null"])
         try FileManager.default.createDirectory(atPath: work + "/hooks", withIntermediateDirectories: true)
 
@@ -92,15 +92,20 @@ struct ConvergeSuite: ParsableCommand {
         var rows: [[String: Any]] = []
         for (i, fraction) in fractions.enumerated() {
             let rateMiB = max(1, Int(copyRate * fraction / 1048576))
-            let load = try startLoad(mount: mount, rateMiB: rateMiB)
+            let report = work + "/fio-\(i).json"
+            let load = try startLoad(mount: mount, rateMiB: rateMiB, report: report)
             Thread.sleep(forTimeInterval: 2)
             let result = try backup(daemon, device: device, chain: work + "/load\(i)", converge: true)
             load.terminate()
             load.waitUntilExit()
-            say(String(format: "load %.0f%% of copy rate (%d MiB/s): wall %.2f s, %d passes, final pass %.1f MiB, frozen %.3f s (quiesce %.3f s)",
-                       fraction * 100, rateMiB, result.wall, result.passes, Double(result.finalBytes) / 1048576,
-                       result.frozen, result.quiesce))
-            rows.append(["load-fraction": fraction, "write-rate-mib-s": rateMiB, "wall-seconds": result.wall,
+            // What fio really wrote over its whole run (it may not reach the cap).
+            let achieved = Self.fioWriteRate(report) ?? 0
+            say(String(format: "load %.0f%% of copy rate (cap %d MiB/s, achieved %.0f MB/s = %.0f%% of the copy rate): wall %.2f s, "
+                       + "%d passes, final pass %.1f MiB, frozen %.3f s (quiesce %.3f s)",
+                       fraction * 100, rateMiB, achieved / 1e6, achieved / copyRate * 100, result.wall, result.passes,
+                       Double(result.finalBytes) / 1048576, result.frozen, result.quiesce))
+            rows.append(["load-fraction": fraction, "write-rate-cap-mib-s": rateMiB, "achieved-write-mb-s": achieved / 1e6,
+                         "achieved-fraction-of-copy-rate": achieved / copyRate, "wall-seconds": result.wall,
                          "passes": result.passes, "final-bytes": result.finalBytes, "frozen-seconds": result.frozen,
                          "quiesce-seconds": result.quiesce, "frozen-under-1s": result.frozen < 1])
         }
@@ -144,13 +149,22 @@ struct ConvergeSuite: ParsableCommand {
                       quiesce: (c["quiesce-seconds"] as? NSNumber)?.doubleValue ?? 0)
     }
 
-    /// fio writing 64 KiB random blocks to a 256 MiB file at `rateMiB` MiB/s until stopped.
-    private func startLoad(mount: String, rateMiB: Int) throws -> Process {
+    /// fio's write bandwidth in bytes/s from its JSON report.
+    static func fioWriteRate(_ path: String) -> Double? {
+        guard let data = FileManager.default.contents(atPath: path),
+              let start = data.firstIndex(of: UInt8(ascii: "{")),
+              let o = try? JSONSerialization.jsonObject(with: data[start...]) as? [String: Any],
+              let jobs = o["jobs"] as? [[String: Any]], let w = jobs.first?["write"] as? [String: Any] else { return nil }
+        return (w["bw_bytes"] as? NSNumber)?.doubleValue
+    }
+
+    /// fio writing 64 KiB random blocks to a 128 MiB file at `rateMiB` MiB/s until stopped.
+    private func startLoad(mount: String, rateMiB: Int, report: String) throws -> Process {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: Child.executable("fio") ?? "/usr/bin/fio")
-        p.arguments = ["--name=load", "--filename=\(mount)/load", "--size=256M", "--rw=randwrite", "--bs=64k",
+        p.arguments = ["--name=load", "--filename=\(mount)/load", "--size=128M", "--rw=randwrite", "--bs=64k",
                        "--direct=1", "--ioengine=psync", "--rate=\(rateMiB)m", "--time_based", "--runtime=3600",
-                       "--output=/dev/null"]
+                       "--output-format=json", "--output=\(report)"]
         p.standardOutput = FileHandle.nullDevice
         p.standardError = FileHandle.nullDevice
         try p.run()
