@@ -75,6 +75,7 @@ let package = Package(
             "DirtyBitmaps", "BlockIO", "TestSupport", .product(name: "PropertyBased", package: "swift-property-based"),
         ]),
         .testTarget(name: "WriteTrackingTests", dependencies: ["WriteTracking", "BlockIO", "BlockDevices", "TestSupport"]),
+        .testTarget(name: "QuiesceTests", dependencies: ["Quiesce"]),
         .testTarget(name: "JobsTests", dependencies: [
             "Jobs", .product(name: "PropertyBased", package: "swift-property-based"),
         ]),

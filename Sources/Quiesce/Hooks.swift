@@ -57,6 +57,9 @@ public struct Hooks: Sendable {
         let reader = Thread { box.data = errors.fileHandleForReading.readDataToEndOfFile() }
         reader.start()
         if done.wait(timeout: .now() + timeout) == .timedOut {
+            // The hook and whatever it started: Foundation gives the child a
+            // process group of its own.
+            kill(-p.processIdentifier, SIGKILL)
             kill(p.processIdentifier, SIGKILL)
             done.wait()
             throw HookError("hook \(hook) (\(phase.rawValue)) did not finish within \(Self.seconds(timeout)) and was killed")
