@@ -204,6 +204,9 @@ public enum PendingImage {
         }
     }
 
+    /// The name an image is written under until it is published.
+    public static func partialPath(_ image: String) -> String { ImageOutput.partialPath(image) }
+
     /// Removes the partial image and its digests, if any.
     public static func discard(image: String) {
         discard(image: image, partial: ImageOutput.partialPath(image))

@@ -39,9 +39,6 @@ public final class CopyControl: Sendable {
     public func onFault(_ handler: (@Sendable (CopyFault) -> CopyFaultDecision)?) {
         faultHandler.withLock { $0 = handler }
     }
-    /// The clock of `CopyFault.issuedAt`.
-    public static var now: Double { monotonicNow() }
-
     /// The decision for `fault` (called by the engines).
     public func decide(_ fault: CopyFault) -> CopyFaultDecision {
         let handler = faultHandler.withLock { $0 }
@@ -92,7 +89,7 @@ public struct CopyFault: Sendable {
     public var error: SystemError
     /// Offset in the source (read) or target (write).
     public var offset: UInt64
-    /// When the failed I/O was issued (monotonic seconds, see `CopyControl.now`):
+    /// When the failed I/O was issued (monotonic seconds, see `monotonicNow()`):
     /// a failure of an I/O issued before the operator fixed the cause is stale.
     public var issuedAt: Double
     public init(operation: Operation, error: SystemError, offset: UInt64, issuedAt: Double) {
@@ -164,8 +161,8 @@ struct RateLimiter {
     mutating func issue(_ bytes: Int) { issued += UInt64(bytes) }
 }
 
-/// Monotonic seconds.
-func monotonicNow() -> Double {
+/// Monotonic seconds (CLOCK_MONOTONIC), the clock of every deadline and duration.
+public func monotonicNow() -> Double {
     var ts = timespec()
     clock_gettime(CLOCK_MONOTONIC, &ts)
     return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9

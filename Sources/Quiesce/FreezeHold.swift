@@ -63,7 +63,7 @@ public final class FreezeHold: @unchecked Sendable {
             finish()
             throw FreezeError(first.hasPrefix("error ") ? String(first.dropFirst(6)) : "the freeze watchdog said '\(first)'")
         }
-        frozenAt = FreezeWatchdog.monotonic()
+        frozenAt = monotonicNow()
     }
 
     deinit { finish() }
@@ -78,7 +78,7 @@ public final class FreezeHold: @unchecked Sendable {
     /// Thaws (or learns that the timeout already did).
     public func thaw() -> Thaw {
         guard !finished else { return .requested(seconds: 0) }
-        let held = FreezeWatchdog.monotonic() - frozenAt
+        let held = monotonicNow() - frozenAt
         send("thaw")
         let reply = (try? readLine(timeout: 30)) ?? "lost"
         finish()
@@ -100,14 +100,14 @@ public final class FreezeHold: @unchecked Sendable {
     }
 
     private func readLine(timeout: Double) throws -> String {
-        let deadline = FreezeWatchdog.monotonic() + timeout
+        let deadline = monotonicNow() + timeout
         while true {
             if let nl = buffered.firstIndex(of: UInt8(ascii: "\n")) {
                 let line = String(decoding: buffered[..<nl], as: UTF8.self)
                 buffered.removeSubrange(...nl)
                 return line
             }
-            let left = deadline - FreezeWatchdog.monotonic()
+            let left = deadline - monotonicNow()
             guard left > 0 else { throw FreezeError("the freeze watchdog did not answer within \(Int(timeout)) s") }
             var pfd = pollfd(fd: fromWatchdog, events: Int16(POLLIN), revents: 0)
             let rc = poll(&pfd, 1, Int32(left * 1000) + 1)

@@ -44,10 +44,10 @@ public enum FreezeWatchdog {
             }
         }
         say(output, "frozen")
-        var deadline = monotonic() + timeout
+        var deadline = monotonicNow() + timeout
         var line: [UInt8] = []
         while true {
-            let left = deadline - monotonic()
+            let left = deadline - monotonicNow()
             if left <= 0 {
                 thawAll()
                 say(output, "expired")
@@ -69,10 +69,10 @@ public enum FreezeWatchdog {
             line = []
             switch command {
             case "ping":
-                deadline = monotonic() + timeout
-                say(output, "ok \(Int((deadline - monotonic()) * 1000))")
+                deadline = monotonicNow() + timeout
+                say(output, "ok \(Int((deadline - monotonicNow()) * 1000))")
             case "check":
-                say(output, "ok \(Int((deadline - monotonic()) * 1000))")
+                say(output, "ok \(Int((deadline - monotonicNow()) * 1000))")
             case "thaw":
                 thawAll()
                 say(output, "thawed")
@@ -91,11 +91,5 @@ public enum FreezeWatchdog {
             if n <= 0 { if n < 0 && errno == EINTR { continue }; return }
             off += n
         }
-    }
-
-    static func monotonic() -> Double {
-        var ts = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &ts)
-        return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
     }
 }

@@ -228,7 +228,7 @@ final class BackupWork: @unchecked Sendable {
 
     /// The job succeeded and is finalized: the image gets its name.
     func publish() throws {
-        if format == .raw && !FileManager.default.fileExists(atPath: ImageOutputPaths.partial(image)) { return }
+        if format == .raw && !FileManager.default.fileExists(atPath: PendingImage.partialPath(image)) { return }
         try PendingImage.publish(image: image)
     }
 
@@ -266,11 +266,6 @@ final class BackupWork: @unchecked Sendable {
             log("cannot end the freeze of bitmap '\(name)' on \(device): \(error)")
         }
     }
-}
-
-/// The `.partial` naming the Backup module uses for an unpublished image.
-enum ImageOutputPaths {
-    static func partial(_ image: String) -> String { image + ".partial" }
 }
 
 /// The point in time of a backup (DESIGN §11), its `x-consistency`.

@@ -123,8 +123,8 @@ extension JobList {
     func becomeReady(_ job: Job) -> Bool {
         locked {
             guard job.status == .running else { return false }
-            job.transition(to: .ready, emit: { self.daemonEmit($0, $1) })
-            daemonEmit("BLOCK_JOB_READY", .object(job.eventData))
+            job.transition(to: .ready, emit: daemon.emit)
+            daemon.emit("BLOCK_JOB_READY", .object(job.eventData))
             return true
         }
     }
@@ -154,9 +154,9 @@ extension JobList {
                 return (false, members)
             }
             if freezer {
-                locked { freeze.quiesceStartedAt = CopyControl.now }
+                locked { freeze.quiesceStartedAt = monotonicNow() }
                 do {
-                    let section = try daemonQuiesce(Array(Set(members.map(\.work.device))).sorted())
+                    let section = try daemon.quiesce(Array(Set(members.map(\.work.device))).sorted())
                     locked { freeze.section = section }
                 } catch {
                     locked { freeze.error = error }
@@ -188,14 +188,14 @@ extension JobList {
             return (freeze, section, members.map(\.id))
         }
         guard let (freeze, section, ids) = finished else { return }
-        let thaw = daemonResume(section)
+        let thaw = daemon.resume(section, hooksInBackground: true)
         var seconds = 0.0
         if case .requested(let s) = thaw { seconds = s }
         if case .expired(let s) = thaw { seconds = s }
         locked {
             freeze.frozenSeconds = seconds
-            freeze.quiesceSeconds = CopyControl.now - freeze.quiesceStartedAt
-            daemonEmit("X_CONVERGE_FROZEN", .object([
+            freeze.quiesceSeconds = monotonicNow() - freeze.quiesceStartedAt
+            daemon.emit("X_CONVERGE_FROZEN", .object([
                 "jobs": .array(ids.map { .string($0) }), "seconds": .double(seconds),
                 "quiesce-seconds": .double(freeze.quiesceSeconds ?? 0),
                 "passes": .object(freeze.passes.mapValues { .int(Int64($0)) }),

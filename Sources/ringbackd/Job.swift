@@ -26,7 +26,7 @@ final class Job: @unchecked Sendable {
     var ioStatus = "ok"
     /// Set while the copy waits on a `stop` error for `job-resume` or a cancel.
     var stoppedOnError: DispatchSemaphore?
-    /// When the job last went on after a `stop` error (CopyControl.now).
+    /// When the job last went on after a `stop` error (monotonicNow()).
     var resumedFromErrorAt: Double?
     /// Retries of `ignore` in a row; bounded so a dead sector cannot spin forever.
     var ignoredInARow = 0

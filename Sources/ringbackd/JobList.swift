@@ -11,7 +11,7 @@ import Quiesce
 final class JobList: @unchecked Sendable {
     private let lock = NSRecursiveLock()
     private var jobs: [Job] = []
-    private unowned let daemon: Daemon
+    unowned let daemon: Daemon
     /// Consecutive `ignore` retries of one failing I/O before the job fails.
     static let ignoreRetryLimit = 8
 
@@ -24,9 +24,6 @@ final class JobList: @unchecked Sendable {
     }
 
     private func emit(_ name: String, _ data: JSONValue) { daemon.emit(name, data) }
-    func daemonEmit(_ name: String, _ data: JSONValue) { daemon.emit(name, data) }
-    func daemonQuiesce(_ devices: [String]) throws -> QuiescedSection { try daemon.quiesce(devices) }
-    func daemonResume(_ section: QuiescedSection) -> FreezeHold.Thaw { daemon.resume(section, hooksInBackground: true) }
 
     /// The job named `id`; an id stays taken until its job is dismissed.
     func job(_ id: String) throws -> Job {
@@ -239,7 +236,7 @@ final class JobList: @unchecked Sendable {
             job.stoppedOnError = nil
             if job.cancelRequested { return .fail }
             job.ioStatus = "ok"
-            job.resumedFromErrorAt = CopyControl.now
+            job.resumedFromErrorAt = monotonicNow()
             return .retry
         }
     }
