@@ -17,6 +17,10 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/x-sheep/swift-property-based", from: "2.0.0"),
+        // Structured logs (stderr, read by journald) and Prometheus metrics.
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.0"),
+        .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.0"),
     ],
     targets: [
         // Header-only shim: ioctl numbers, O_DIRECT and IOSQE_* flags that Swift
@@ -58,6 +62,9 @@ let package = Package(
         .executableTarget(name: "ringbackd", dependencies: [
             "Backup", "BlockDevices", "BlockIO", "Images", "ControlProtocol", "DirtyBitmaps", "WriteTracking", "Jobs", "Catalog", "Quiesce",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            .product(name: "Logging", package: "swift-log"),
+            .product(name: "Metrics", package: "swift-metrics"),
+            .product(name: "Prometheus", package: "swift-prometheus"),
         ]),
 
         // Loop devices, processes and the qemu-img oracles, for tests only.
@@ -84,5 +91,8 @@ let package = Package(
             "Catalog", "CSQLite", "TestSupport", .product(name: "PropertyBased", package: "swift-property-based"),
         ]),
         .testTarget(name: "BackupTests", dependencies: ["Backup", "BlockDevices", "BlockIO", "Images", "TestSupport"]),
+        // LVM tests: the host part boots a small VM (scripts/lvm-vm.sh) that runs
+        // the guest part of this same test bundle against real device-mapper.
+        .testTarget(name: "LVMTests", dependencies: ["ControlProtocol", "TestSupport"]),
     ]
 )
