@@ -59,9 +59,13 @@ struct EventDecoder: Sendable {
         var sector: EventFormat.Field
         var sectors: EventFormat.Field
         var rwbs: EventFormat.Field
+        /// `block_bio_queue`: the bio as submitted, before any split (see
+        /// `InFlightWrites`), rather than a completion.
+        var isQueue: Bool
 
         init(_ format: EventFormat, path: String) throws(TrackingError) {
             id = format.id
+            isQueue = format.name == "block_bio_queue"
             device = try format.field("dev", sizes: [4, 8], path: path)
             sector = try format.field("sector", sizes: [4, 8], path: path)
             sectors = try format.field("nr_sector", sizes: [4], path: path)
@@ -72,6 +76,8 @@ struct EventDecoder: Sendable {
     /// What a record is.
     enum Record: Equatable {
         case completion(BlockCompletion)
+        /// A bio queued to a bio-based device (`block_bio_queue`).
+        case queued(BlockCompletion)
         /// A `trace_marker` write (ftrace `print`), without its trailing newline.
         case marker(String)
         /// Any other event (none are enabled, but a foreign writer may add them).
@@ -101,9 +107,9 @@ struct EventDecoder: Sendable {
                   layout.rwbs.offset + layout.rwbs.size <= payload.count
             else { return .other }
             let rwbs = UnsafeRawBufferPointer(rebasing: payload[layout.rwbs.offset..<(layout.rwbs.offset + layout.rwbs.size)])
-            return .completion(BlockCompletion(device: UInt32(truncatingIfNeeded: device), sector: sector,
-                                               sectors: UInt32(truncatingIfNeeded: sectors),
-                                               changesData: RWBS.changesData(rwbs)))
+            let event = BlockCompletion(device: UInt32(truncatingIfNeeded: device), sector: sector,
+                                        sectors: UInt32(truncatingIfNeeded: sectors), changesData: RWBS.changesData(rwbs))
+            return layout.isQueue ? .queued(event) : .completion(event)
         }
         if type == printID && printText <= payload.count {
             let bytes = payload[printText...].prefix { $0 != 0 }

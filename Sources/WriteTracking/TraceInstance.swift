@@ -11,7 +11,8 @@ import BlockIO
 /// counts them in `per_cpu/cpuN/stats`, never overwrites old ones silently);
 /// `buffer_percent` 0 (poll(2) on `trace_pipe_raw` wakes on any data, not at
 /// half full); `block_rq_complete` and `block_bio_complete` enabled with a
-/// filter on `dev` alone. `rwbs` is never filtered in the kernel: it is
+/// filter on `dev` alone, plus `block_bio_queue` for a bio-based disk
+/// (device-mapper: see `InFlightWrites`). `rwbs` is never filtered in the kernel: it is
 /// decoded in user space.
 ///
 /// The instance outlives the process: opening one that exists re-attaches to
@@ -31,6 +32,9 @@ final class TraceInstance: @unchecked Sendable {
     let disk: DeviceNumber
     /// True when this open made the directory; false on a re-attach.
     let created: Bool
+    /// The disk has no blk-mq queue (`/sys/dev/block/M:m/mq` is absent), as
+    /// device-mapper volumes: its splits are joined from `block_bio_queue`.
+    let bioBased: Bool
     /// On a re-attach: the existing filter named another device (the events
     /// already buffered may not be this disk's) or the events were off.
     let configurationDiffered: Bool
@@ -50,6 +54,8 @@ final class TraceInstance: @unchecked Sendable {
         self.name = TraceInstance.name(forDisk: diskName)
         self.path = "\(root)/instances/\(name)"
         self.disk = device
+        let bioBased = !Sys.exists("/sys/dev/block/\(device.major):\(device.minor)/mq")
+        self.bioBased = bioBased
         let created = try Sys.makeDirectory(path)
         self.created = created
         let fd: Int32
@@ -67,7 +73,7 @@ final class TraceInstance: @unchecked Sendable {
         lockFD = fd
         do {
             configurationDiffered = try TraceInstance.configure(path: path, device: device, bufferKiB: bufferKiB,
-                                                                created: created)
+                                                                bioBased: bioBased, created: created)
         } catch {
             Sys.close(fd)
             if created { try? TraceInstance.remove(path: path) }
@@ -109,12 +115,17 @@ final class TraceInstance: @unchecked Sendable {
     }
 
     /// The events the tracker reads: blk-mq devices complete through the
-    /// first, bio-based ones (device-mapper) through the second.
+    /// first, bio-based ones (device-mapper) through the second; the third,
+    /// only for bio-based disks, joins split bios (`InFlightWrites`).
     static let blockEvents = ["block/block_rq_complete", "block/block_bio_complete"]
+    static let queueEvent = "block/block_bio_queue"
+
+    static func blockEvents(bioBased: Bool) -> [String] { bioBased ? blockEvents + [queueEvent] : blockEvents }
 
     /// Applies the configuration; returns whether an existing instance had a
     /// different filter or had its events off.
-    private static func configure(path: String, device: DeviceNumber, bufferKiB: Int, created: Bool) throws -> Bool {
+    private static func configure(path: String, device: DeviceNumber, bufferKiB: Int, bioBased: Bool,
+                                  created: Bool) throws -> Bool {
         var differed = false
         func attribute(_ file: String) throws -> String { try Sys.readFile("\(path)/\(file)").trimmingNewline }
         func set(_ file: String, _ value: String) throws {
@@ -128,7 +139,11 @@ final class TraceInstance: @unchecked Sendable {
         // overrun (rb_remove_pages()), so the next barrier reports the loss.
         try set("buffer_size_kb", String(max(bufferKiB, 1)))
         let filter = "dev == \(kernelDeviceNumber(device))"
-        for event in blockEvents {
+        if !bioBased, Sys.exists("\(path)/events/\(queueEvent)/enable"),
+           try attribute("events/\(queueEvent)/enable") != "0" {
+            try Sys.writeFile("\(path)/events/\(queueEvent)/enable", "0")
+        }
+        for event in blockEvents(bioBased: bioBased) {
             let dir = "\(path)/events/\(event)"
             guard Sys.exists(dir) else {
                 throw TrackingError.tracefsUnavailable(dir, "the kernel has no such trace event")

@@ -63,6 +63,8 @@ final class TraceReader: @unchecked Sendable {
     private var barrierSerial = 0
     private var markersAwaited: Set<String> = []
     private var unpollable: Set<Int> = []
+    /// Queued writes of a bio-based disk, to join split bios.
+    private var inFlight = InFlightWrites()
 
     /// How long the thread lets events accumulate after a pass that found
     /// some: fewer, fuller page reads under load (a 4 MiB per-CPU buffer
@@ -84,7 +86,7 @@ final class TraceReader: @unchecked Sendable {
         header = try instance.pageHeaderLayout()
         recordTypes = try instance.recordHeaderLayout()
         var blockFormats: [(EventFormat, path: String)] = []
-        for event in TraceInstance.blockEvents {
+        for event in TraceInstance.blockEvents(bioBased: instance.bioBased) {
             blockFormats.append((try instance.eventFormat(event), path: instance.file("events/\(event)/format")))
         }
         decoder = try EventDecoder(blockEvents: blockFormats, print: try instance.eventFormat("ftrace/print"),
@@ -280,8 +282,17 @@ final class TraceReader: @unchecked Sendable {
 
     private func handle(_ record: EventDecoder.Record, tracked: [TrackedDevice]) {
         switch record {
-        case .completion(let completion):
-            guard completion.changesData, completion.device == diskDevice, let bytes = completion.diskBytes else { return }
+        case .queued(let queued):
+            guard queued.changesData, queued.device == diskDevice else { return }
+            if !inFlight.queued(sector: queued.sector, sectors: queued.sectors) { lossSeen = true }
+        case .completion(var completion):
+            guard completion.changesData, completion.device == diskDevice else { return }
+            if instance.bioBased {
+                let whole = inFlight.completed(sector: completion.sector, sectors: completion.sectors)
+                completion.sector = whole.sector
+                completion.sectors = UInt32(clamping: whole.sectors)
+            }
+            guard let bytes = completion.diskBytes else { return }
             for device in tracked {
                 if let extent = device.deviceExtent(ofDiskBytes: bytes) { sink(device, extent) }
             }
