@@ -38,6 +38,13 @@ final class BackupWork: @unchecked Sendable {
     private(set) var frozen: DirtyBitmap?
     /// The copy's result, for the completion event and the catalog.
     var summary: JSONValue?
+    /// The transaction's LVM snapshot of the device: the copy reads it.
+    var snapshot: LVMSnapshotAction?
+    /// A kept thin snapshot holding `previous`'s contents: the incremental's
+    /// changes come from thin_delta against the new snapshot.
+    var deltaBase: SnapshotRecords.Record?
+    /// Set in run: how the changes were found, for the summary.
+    private(set) var deltaBytes: UInt64?
 
     /// Parses and checks `drive-backup`'s arguments as QEMU does; no side effects.
     init(_ a: Arguments, daemon: Daemon) throws {
@@ -180,12 +187,13 @@ final class BackupWork: @unchecked Sendable {
         guard let b = node.bitmaps[name] else { throw CommandError("Dirty bitmap '\(name)' not found") }
         do {
             if b.isInconsistent {
-                guard rescan && sync != "full" else {
+                guard (rescan || deltaBase != nil) && sync != "full" else {
                     throw CommandError("Bitmap '\(name)' on \(device) is inconsistent: writes to the device may have been "
                                        + "missed (lost trace events, a crash, or a reboot). Run the incremental with --rescan "
                                        + "(x-rescan) to re-read the whole device against the previous backup's digests.")
                 }
-                // Re-arm: a fresh bitmap records from now; the rescan covers everything before.
+                // Re-arm: a fresh bitmap records from now; the rescan (or
+                // thin_delta since the kept snapshot) covers everything before.
                 let old = try node.bitmaps.remove(name)
                 try node.bitmaps.add(name: name, granularity: old.granularity, enabled: true, persistent: old.isPersistent)
                 rearmed = true
@@ -200,10 +208,11 @@ final class BackupWork: @unchecked Sendable {
     /// The copy, on the job's thread. The image stays `.partial` until `publish`.
     func run(control: CopyControl) throws -> JSONValue {
         if bitmap != nil && mode == .always { control.recordCompletedChunks() }
+        let source = try snapshot?.source() ?? device
         var nextPass: (@Sendable () throws -> [Extent]?)?
         if let driver { nextPass = { try driver.nextPass() } }
         if sync == "full" {
-            var request = BackupRequest(device: device, target: image)
+            var request = BackupRequest(device: source, target: image)
             request.format = format
             request.compression = compression
             request.options = options
@@ -212,8 +221,17 @@ final class BackupWork: @unchecked Sendable {
             request.nextPass = nextPass
             return withConvergeReport(try JSONValue.from(FullBackup.run(request, control: control)))
         }
-        let changed = rescan ? nil : frozen.map { Array($0.dirtyExtents) } ?? []
-        var request = IncrementalRequest(device: device, previousImage: previous!, target: image, changed: changed)
+        var changed = rescan ? nil : frozen.map { Array($0.dirtyExtents) } ?? []
+        if let base = deltaBase, let snapshot, let listed = changed {
+            // Changes since the kept snapshot, with what the bitmap saw (if it
+            // is consistent) on top: over-copying is safe, missing is not.
+            var union = try DirtyBitmap(name: "thin-delta", deviceSize: deviceSize, granularity: UInt64(options.clusterSize))
+            let delta = try snapshot.delta(from: base)
+            for e in delta + listed { union.setDirty(offset: e.offset, length: min(e.length, deviceSize - min(e.offset, deviceSize))) }
+            deltaBytes = delta.reduce(0) { $0 + $1.length }
+            changed = Array(union.dirtyExtents)
+        }
+        var request = IncrementalRequest(device: source, previousImage: previous!, target: image, changed: changed)
         request.options = options
         request.publishLater = true
         request.nextPass = nextPass
@@ -221,8 +239,10 @@ final class BackupWork: @unchecked Sendable {
     }
 
     private func withConvergeReport(_ summary: JSONValue) -> JSONValue {
-        guard let driver, var o = summary.objectValue else { return summary }
-        o["converge"] = driver.report
+        guard var o = summary.objectValue else { return summary }
+        if let driver { o["converge"] = driver.report }
+        if let snapshot { o["x-snapshot"] = .string(snapshot.snapshot?.fullName ?? "") }
+        if let deltaBytes { o["x-thin-delta-bytes"] = .int(Int64(deltaBytes)) }
         return .object(o)
     }
 

@@ -174,6 +174,9 @@ final class JobList: @unchecked Sendable {
         }
         if !ok { job.work.discard() }
         daemon.removeRecorder(of: job.work)
+        if let snapshot = job.work.snapshot, let reason = snapshot.jobEnded(job.work, succeeded: ok) {
+            job.errorMessage = reason + (job.errorMessage.map { " (\($0))" } ?? "")
+        }
         daemon.endFreeze(of: job.work, succeeded: ok, completed: job.control.completedExtents)
         job.finishedAt = Date()
         daemon.catalogFinished(job, succeeded: ok)

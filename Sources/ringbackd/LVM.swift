@@ -1,0 +1,183 @@
+import ControlProtocol
+import Foundation
+
+/// The LVM command-line tools, as ringbackd uses them for snapshots and
+/// thin-delta (DESIGN §5): `lvs --reportformat json` for what a volume is,
+/// `lvcreate --snapshot` and `lvremove` for snapshots, `dmsetup message` and
+/// `thin_delta` for the changes between two thin snapshots.
+enum LVM {
+    /// What `lvs` says of one logical volume.
+    struct Volume: Equatable {
+        var vg: String
+        var name: String
+        var size: UInt64
+        /// "linear", "striped", "thin", "snapshot", "thin-pool", …
+        var segmentType: String
+        /// The thin pool of a thin volume.
+        var pool: String?
+        var origin: String?
+        var thinID: Int?
+        var attributes: String
+        /// Percent of a classic snapshot's COW space in use.
+        var snapshotPercent: Double?
+
+        var fullName: String { "\(vg)/\(name)" }
+        var isThin: Bool { segmentType == "thin" }
+        /// `lv_attr` position 5 is the state: `I` an invalid snapshot (its COW
+        /// space filled up), `S` a merging or suspended one.
+        var isInvalidSnapshot: Bool {
+            let a = Array(attributes)
+            return a.count > 4 && (a[4] == "I" || a[4] == "S") && a[0] == "s"
+        }
+        var path: String { "/dev/\(vg)/\(name)" }
+        /// The device-mapper name: dashes inside names are doubled.
+        static func mapperName(_ vg: String, _ lv: String) -> String {
+            vg.replacingOccurrences(of: "-", with: "--") + "-" + lv.replacingOccurrences(of: "-", with: "--")
+        }
+    }
+
+    struct Failure: Error, CustomStringConvertible {
+        var description: String
+    }
+
+    /// Runs an LVM tool and returns its standard output; a failure carries
+    /// the command line and what the tool said.
+    @discardableResult
+    static func run(_ tool: String, _ arguments: [String]) throws -> String {
+        let candidates = ["/usr/sbin/\(tool)", "/sbin/\(tool)", "/usr/bin/\(tool)"]
+        guard let executable = candidates.first(where: { FileManager.default.isExecutableFile(atPath: $0) }) else {
+            throw Failure(description: "\(tool) is not installed (the LVM tools: Debian packages lvm2 and thin-provisioning-tools)")
+        }
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: executable)
+        process.arguments = arguments
+        var environment = ProcessInfo.processInfo.environment
+        environment["LVM_SUPPRESS_FD_WARNINGS"] = "1"
+        environment["LC_ALL"] = "C"
+        process.environment = environment
+        let out = Pipe()
+        let err = Pipe()
+        process.standardOutput = out
+        process.standardError = err
+        process.standardInput = FileHandle.nullDevice
+        do { try process.run() } catch {
+            throw Failure(description: "cannot run \(executable): \(error)")
+        }
+        // Both pipes are read to the end before waiting: neither can fill up.
+        let errorData = Atomic<Data>()
+        let reader = Thread { errorData.value = err.fileHandleForReading.readDataToEndOfFile() }
+        reader.start()
+        let output = out.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        while !errorData.done { usleep(1000) }
+        guard process.terminationStatus == 0 else {
+            let said = String(decoding: errorData.value ?? Data(), as: UTF8.self)
+                .split(separator: "\n").map { $0.trimmingCharacters(in: .whitespaces) }.joined(separator: "; ")
+            throw Failure(description: "\(tool) \(arguments.joined(separator: " ")) failed (exit \(process.terminationStatus))"
+                + (said.isEmpty ? "" : ": \(said)"))
+        }
+        return String(decoding: output, as: UTF8.self)
+    }
+
+    /// A value set once by another thread.
+    private final class Atomic<T>: @unchecked Sendable {
+        private let lock = NSLock()
+        private var stored: T?
+        private var isDone = false
+        var value: T? {
+            get { lock.withLock { stored } }
+            set { lock.withLock { stored = newValue; isDone = true } }
+        }
+        var done: Bool { lock.withLock { isDone } }
+    }
+
+    static let reportFields = "vg_name,lv_name,lv_size,segtype,pool_lv,origin,thin_id,lv_attr,snap_percent"
+
+    /// The volume at a path (`/dev/VG/LV`, `/dev/mapper/…`, `/dev/dm-N`) or
+    /// named `VG/LV`.
+    static func volume(_ name: String) throws -> Volume {
+        let text = try run("lvs", ["--reportformat", "json", "--units", "b", "--nosuffix", "-o", reportFields, name])
+        let volumes = try parseReport(text)
+        guard let v = volumes.first, volumes.count == 1 else {
+            throw Failure(description: "\(name) is not one logical volume (lvs reported \(volumes.count))")
+        }
+        return v
+    }
+
+    /// Whether a volume of that name exists in the VG.
+    static func exists(_ vg: String, _ lv: String) -> Bool {
+        (try? run("lvs", ["--reportformat", "json", "-o", "lv_name", "\(vg)/\(lv)"])) != nil
+    }
+
+    /// Bytes free in a volume group.
+    static func freeBytes(vg: String) throws -> UInt64 {
+        let text = try run("vgs", ["--reportformat", "json", "--units", "b", "--nosuffix", "-o", "vg_free", vg])
+        guard let data = text.data(using: .utf8),
+              let json = try? JSONSerialization.jsonObject(with: data) as? [String: Any],
+              let report = (json["report"] as? [[String: Any]])?.first,
+              let row = (report["vg"] as? [[String: String]])?.first, let free = row["vg_free"].flatMap({ UInt64($0) })
+        else { throw Failure(description: "cannot read the free space of volume group \(vg) from vgs") }
+        return free
+    }
+
+    /// Parses `lvs --reportformat json --units b --nosuffix -o reportFields`.
+    static func parseReport(_ text: String) throws -> [Volume] {
+        guard let data = text.data(using: .utf8),
+              let json = try? JSONSerialization.jsonObject(with: data) as? [String: Any],
+              let reports = json["report"] as? [[String: Any]]
+        else { throw Failure(description: "cannot parse lvs's JSON report") }
+        return try reports.flatMap { report -> [Volume] in
+            try ((report["lv"] as? [[String: String]]) ?? []).map { row in
+                guard let vg = row["vg_name"], let name = row["lv_name"], let size = row["lv_size"].flatMap({ UInt64($0) })
+                else { throw Failure(description: "lvs's report lacks vg_name, lv_name or lv_size") }
+                func optional(_ key: String) -> String? { row[key].flatMap { $0.isEmpty ? nil : $0 } }
+                return Volume(vg: vg, name: name, size: size, segmentType: row["segtype"] ?? "",
+                              pool: optional("pool_lv"), origin: optional("origin"),
+                              thinID: optional("thin_id").flatMap { Int($0) }, attributes: row["lv_attr"] ?? "",
+                              snapshotPercent: optional("snap_percent").flatMap { Double($0) })
+            }
+        }
+    }
+
+    // MARK: thin-delta
+
+    /// The byte ranges that differ between two thin volumes of one pool
+    /// (`thin_delta` on a reserved metadata snapshot of the live pool).
+    static func thinDelta(pool vg: String, _ pool: String, from oldID: Int, to newID: Int) throws -> [(offset: UInt64, length: UInt64)] {
+        let tpool = "/dev/mapper/" + Volume.mapperName(vg, pool) + "-tpool"
+        let tmeta = "/dev/mapper/" + Volume.mapperName(vg, pool + "_tmeta")
+        try run("dmsetup", ["message", tpool, "0", "reserve_metadata_snap"])
+        defer { _ = try? run("dmsetup", ["message", tpool, "0", "release_metadata_snap"]) }
+        let xml = try run("thin_delta", ["-m", "--snap1", String(oldID), "--snap2", String(newID), tmeta])
+        return try parseThinDelta(xml)
+    }
+
+    /// Parses `thin_delta`'s XML: the superblock's `data_block_size` (in
+    /// 512-byte sectors) gives the unit of every `begin`/`length`; `different`,
+    /// `left_only` and `right_only` ranges changed, `same` ones did not.
+    static func parseThinDelta(_ xml: String) throws -> [(offset: UInt64, length: UInt64)] {
+        func attribute(_ name: String, in line: Substring) -> UInt64? {
+            guard let r = line.range(of: " \(name)=\"") else { return nil }
+            return UInt64(line[r.upperBound...].prefix { $0 != "\"" })
+        }
+        var blockBytes: UInt64?
+        var ranges: [(offset: UInt64, length: UInt64)] = []
+        for raw in xml.split(separator: "\n") {
+            let line = raw.drop { $0 == " " || $0 == "\t" }
+            if line.hasPrefix("<superblock") {
+                guard let sectors = attribute("data_block_size", in: line), sectors > 0 else {
+                    throw Failure(description: "thin_delta's superblock line has no data_block_size: \(line)")
+                }
+                blockBytes = sectors * 512
+            } else if line.hasPrefix("<different") || line.hasPrefix("<left_only") || line.hasPrefix("<right_only") {
+                guard let unit = blockBytes else { throw Failure(description: "thin_delta printed a range before its superblock") }
+                guard let begin = attribute("begin", in: line), let length = attribute("length", in: line) else {
+                    throw Failure(description: "cannot parse thin_delta's line: \(line)")
+                }
+                ranges.append((begin * unit, length * unit))
+            }
+        }
+        guard blockBytes != nil else { throw Failure(description: "thin_delta printed no superblock") }
+        return ranges
+    }
+}
