@@ -38,14 +38,16 @@ public struct RingbackConfig: Equatable, Sendable {
     /// Reads and checks the file at `path`. Throws `ConfigFileError` when it
     /// cannot be read and `ConfigError` when it is wrong.
     public static func load(path: String) throws -> RingbackConfig {
-        guard let handle = FileHandle(forReadingAtPath: path) else {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else {
             let e = errno
-            var isDirectory: ObjCBool = false
-            let exists = FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory)
-            throw ConfigFileError(file: path, reason: exists ? String(cString: strerror(e)) : "No such file or directory",
-                                  missing: !exists)
+            throw ConfigFileError(file: path, reason: String(cString: strerror(e)), missing: e == ENOENT)
         }
-        defer { try? handle.close() }
+        let handle = FileHandle(fileDescriptor: fd, closeOnDealloc: true)
+        var st = stat()
+        if fstat(fd, &st) == 0 && st.st_mode & S_IFMT == S_IFDIR {
+            throw ConfigFileError(file: path, reason: "it is a folder, not a file", missing: false)
+        }
         let data: Data
         do {
             data = try handle.readToEnd() ?? Data()

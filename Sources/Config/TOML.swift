@@ -407,6 +407,7 @@ struct TOMLParser {
                 let start = i
                 while let c = peek(), c != UInt8(ascii: ","), c != UInt8(ascii: "]"), c != 0x0a, c != 0x20, c != 0x0d { i += 1 }
                 let token = String(decoding: bytes[start..<i], as: UTF8.self)
+                if token.isEmpty { throw error("expected a string or ']' in the list, found \(describeHere())", key: key) }
                 throw error("a list may hold only strings, found \(token)", key: key)
             }
             items.append(try string(key: key))

@@ -32,6 +32,9 @@ public struct TimeSpan: Equatable, Hashable, Sendable, CustomStringConvertible {
                 continue
             }
             guard let unit = TimeSpan.units[c] else {
+                if c == "." || c == "," {
+                    throw ValueError("\(quoted(raw)): write whole numbers of smaller units instead of a fraction, e.g. \"1h30m\"")
+                }
                 if digits.isEmpty || c == " " {
                     throw ValueError("expected \(example), got \(quoted(raw))")
                 }

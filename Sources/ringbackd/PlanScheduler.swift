@@ -42,6 +42,9 @@ final class PlanScheduler: PlanRunHost, @unchecked Sendable {
         return try body()
     }
 
+    /// The configuration in force: the [daemon] and [metrics] settings, and the plans.
+    var configuration: RingbackConfig { locked { config } }
+
     // MARK: configuration
 
     /// Reads the configuration file: a missing file at the default path is no

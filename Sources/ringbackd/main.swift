@@ -121,9 +121,13 @@ struct RingbackDaemon: ParsableCommand {
             let c = try RingbackConfig.load(path: path)
             print("\(path): valid, \(c.plans.count) plan\(c.plans.count == 1 ? "" : "s")")
             for p in c.plans {
-                let next = p.schedule.next(after: Date()).map(CivilTime.iso8601) ?? "never"
-                print("  \(p.name): \(p.schedule.text) (next \(next)), \(p.devices.map(\.name).joined(separator: ", ")) → "
-                      + "\(p.repository)/<device>, \(p.format.rawValue)")
+                // An interval counts from the plan's last run, which only the daemon knows.
+                var when = p.schedule.text
+                if case .calendar = p.schedule.rule {
+                    when += " (next \(p.schedule.next(after: Date()).map(CivilTime.iso8601) ?? "never"))"
+                }
+                print("  \(p.name): \(when), \(p.devices.map(\.name).joined(separator: ", ")) → "
+                      + "\(p.repository)/<device-id>, \(p.format.rawValue)")
             }
             return 0
         } catch let e as ConfigFileError where e.missing && config == nil {

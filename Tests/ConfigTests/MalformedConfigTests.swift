@@ -54,6 +54,7 @@ import Testing
         planCase(#"new-chain-every = "7""#, key: "plan.nightly.new-chain-every", #"needs a unit after 7"#),
         planCase(#"new-chain-every = "30s""#, key: "plan.nightly.new-chain-every", #"must be at least 1m, got "30s""#),
         planCase(#"new-chain-every = "7 days""#, key: "plan.nightly.new-chain-every", "expected a duration"),
+        planCase(#"new-chain-every = "1.5d""#, key: "plan.nightly.new-chain-every", "instead of a fraction, e.g. \"1h30m\""),
         planCase("new-chain-every = 7", key: "plan.nightly.new-chain-every", "expected a duration such as \"10s\""),
         planCase(#"bitmap = """#, key: "plan.nightly.bitmap", "a bitmap name has 1 to 1023 bytes, got 0"),
         planCase("bitmap = \"\(String(repeating: "b", count: 1024))\"", key: "plan.nightly.bitmap", "1 to 1023 bytes, got 1024"),
@@ -101,6 +102,7 @@ import Testing
         Case(text: "[plan.a]\ndevices = [\"/dev/vg0/root\", \"vg0/root\"]\n", line: 2, key: "plan.a.devices",
              #""/dev/vg0/root" and "vg0/root" would share the device folder 'vg0-root'"#),
         Case(text: "[plan.a]\ndevices = [[\"/dev/sdb\"]]\n", line: 2, key: "plan.a.devices", "a list may hold only strings"),
+        Case(text: "[plan.a]\ndevices = [ , ]\n", line: 2, key: "plan.a.devices", "expected a string or ']' in the list, found ','"),
     ]
 
     static let tableCases: [Case] = [
@@ -251,6 +253,8 @@ import Testing
         #expect(e.missing)
         #expect(e.description == "cannot read the config file /nonexistent/ringback.toml: No such file or directory")
         let dir = try #require(throws: ConfigFileError.self) { try RingbackConfig.load(path: "/") }
-        #expect(!dir.missing)
+        #expect(!dir.missing && dir.description == "cannot read the config file /: it is a folder, not a file")
+        let notDir = try #require(throws: ConfigFileError.self) { try RingbackConfig.load(path: "/etc/passwd/x.toml") }
+        #expect(!notDir.missing && notDir.reason == "Not a directory")
     }
 }
