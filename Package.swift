@@ -55,12 +55,16 @@ let package = Package(
         // The backup catalog (devices, bitmaps, chains, backups) in one SQLite
         // file, and the table and detail text the CLI prints from its records.
         .target(name: "Catalog", dependencies: ["CSQLite"]),
+        // The configuration file (/etc/ringback/ringback.toml): our own parser
+        // for a TOML subset, the typed [daemon], [metrics] and [plan.NAME]
+        // settings, and the plans' schedules.
+        .target(name: "Config"),
         .executableTarget(name: "ringback", dependencies: [
             "Backup", "BlockDevices", "BlockIO", "Images", "ControlProtocol", "Catalog",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .executableTarget(name: "ringbackd", dependencies: [
-            "Backup", "BlockDevices", "BlockIO", "Images", "ControlProtocol", "DirtyBitmaps", "WriteTracking", "Jobs", "Catalog", "Quiesce",
+            "Backup", "BlockDevices", "BlockIO", "Images", "ControlProtocol", "DirtyBitmaps", "WriteTracking", "Jobs", "Catalog", "Quiesce", "Config",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
             .product(name: "Metrics", package: "swift-metrics"),
@@ -89,6 +93,9 @@ let package = Package(
         .testTarget(name: "DaemonTests", dependencies: ["ControlProtocol", "TestSupport"]),
         .testTarget(name: "CatalogTests", dependencies: [
             "Catalog", "CSQLite", "TestSupport", .product(name: "PropertyBased", package: "swift-property-based"),
+        ]),
+        .testTarget(name: "ConfigTests", dependencies: [
+            "Config", .product(name: "PropertyBased", package: "swift-property-based"),
         ]),
         .testTarget(name: "BackupTests", dependencies: ["Backup", "BlockDevices", "BlockIO", "Images", "TestSupport"]),
         // LVM tests: the host part boots a small VM (scripts/lvm-vm.sh) that runs

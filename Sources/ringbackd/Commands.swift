@@ -17,7 +17,7 @@ extension Daemon {
         "block-job-pause", "block-job-resume", "block-job-cancel", "block-job-complete", "block-job-finalize",
         "block-job-dismiss", "block-job-set-speed",
         "x-track-start", "x-track-stop", "x-tracker-barrier", "x-verify", "x-restore",
-        "x-query-backups", "x-query-backup",
+        "x-query-backups", "x-query-backup", "x-query-plans", "x-plan-run",
     ]
 
     func handle(_ command: String, _ a: Arguments) throws -> JSONValue {
@@ -123,6 +123,14 @@ extension Daemon {
                 return try JSONValue.from(Restore.run(image: image, to: target, force: try a.optionalBool("force") ?? false,
                                                       verifyFirst: try a.optionalBool("verify") ?? true))
             } catch let e as CommandError { throw e } catch { throw CommandError("\(error)") }
+        case "x-query-plans":
+            try a.allow([])
+            guard let plans else { throw CommandError("this ringbackd runs no plans") }
+            return plans.query()
+        case "x-plan-run":
+            try a.allow(["name"])
+            guard let plans else { throw CommandError("this ringbackd runs no plans") }
+            return try plans.runNow(try a.string("name"))
         case "query-jobs":
             return .array(jobs.locked { jobs.all.map(\.info) })
         case "query-block-jobs":

@@ -30,6 +30,8 @@ final class Daemon: @unchecked Sendable {
     var quiesceSettings = QuiesceSettings()
     /// The backup catalog (state-dir/catalog.db).
     private(set) var catalog: Catalog?
+    /// The configuration's backup plans and their scheduler (set before the server starts).
+    var plans: PlanScheduler?
 
     init(stateDirectory: String, bootIDPath: String, bufferKiB: Int) {
         state = StateFiles(root: stateDirectory)

@@ -1,4 +1,5 @@
 import ArgumentParser
+import Config
 import ControlProtocol
 import Foundation
 import Quiesce
@@ -14,6 +15,9 @@ struct RingbackDaemon: ParsableCommand {
             the devices it tracked before a restart and loads their persistent bitmaps; any doubt
             (a crash, a reboot, lost trace events, another device) makes a bitmap inconsistent.
             SIGTERM or SIGINT stop it cleanly: bitmaps saved, tracefs instances left recording.
+
+            It runs the backup plans of its configuration file on their schedules; SIGHUP reloads
+            the file (a file with mistakes is reported and the running configuration kept).
 
             Example: ringbackd --socket /run/ringback/qmp.sock --state-dir /var/lib/ringback
             """,
@@ -43,7 +47,15 @@ struct RingbackDaemon: ParsableCommand {
     @Option(help: "Seconds a freeze may last without word from ringbackd before the watchdog thaws it.")
     var freezeTimeout: Double = 10
 
+    @Option(help: ArgumentHelp("The configuration file with the backup plans (a missing file at the default path means no plans).",
+                               valueName: "path"))
+    var config: String?
+
+    @Flag(help: "Check the configuration file, print its plans and exit: 0 when it is valid, 1 when not.")
+    var checkConfig = false
+
     func run() throws {
+        if checkConfig { throw ExitCode(checkConfigFile()) }
         var gid: gid_t?
         if let group {
             guard let g = getgrnam(group) else { throw ValidationError("unknown group '\(group)'") }
@@ -55,6 +67,11 @@ struct RingbackDaemon: ParsableCommand {
         daemon.quiesceSettings.freezeTimeout = freezeTimeout
         daemon.quiesceSettings.watchdog = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe"))
             ?? CommandLine.arguments[0]
+        // The configuration first: a missing --config file stops the start before anything is touched.
+        try FileManager.default.createDirectory(atPath: stateDir, withIntermediateDirectories: true)
+        let plans = PlanScheduler(daemon: daemon, configPath: config)
+        do { try plans.load() } catch { throw ValidationError("\(error)") }
+        daemon.plans = plans
         try daemon.restore(log: { log($0) })
         let server = QMPServer(path: socket, allowedGroup: gid,
                                greeting: QMP.greeting(major: 0, minor: 1, micro: 0, package: "ringback 0.1.0")) {
@@ -64,26 +81,62 @@ struct RingbackDaemon: ParsableCommand {
         daemon.emit = { [weak server] name, data in server?.broadcast(event: name, data: data) }
         try server.start()
         log("listening on \(socket), state in \(stateDir)")
+        plans.start()
 
         // Wait for SIGTERM/SIGINT on a dispatch source, then stop cleanly.
         signal(SIGTERM, SIG_IGN)
         signal(SIGINT, SIG_IGN)
         signal(SIGPIPE, SIG_IGN)
+        signal(SIGHUP, SIG_IGN)
         let done = DispatchSemaphore(value: 0)
-        let sources = [SIGTERM, SIGINT].map { sig -> DispatchSourceSignal in
+        var sources = [SIGTERM, SIGINT].map { sig -> DispatchSourceSignal in
             let s = DispatchSource.makeSignalSource(signal: sig, queue: .global())
             s.setEventHandler { done.signal() }
             s.resume()
             return s
         }
+        // SIGHUP reloads the configuration, one reload at a time.
+        let reload = DispatchSource.makeSignalSource(signal: SIGHUP, queue: DispatchQueue(label: "ringbackd-reload"))
+        reload.setEventHandler { plans.reload() }
+        reload.resume()
+        sources.append(reload)
         // The sources must outlive the wait: an optimised build would otherwise
         // release (and cancel) them right after creation, and no signal would
         // ever stop the daemon.
         withExtendedLifetime(sources) { done.wait() }
         log("stopping: saving bitmaps")
+        // No plan run starts any more, and the jobs of those running are all
+        // started, so that the shutdown cancels them; then the runs record it.
+        plans.beginStop()
         server.stop()
         daemon.shutdown()
+        plans.waitForRuns(timeout: 10)
         log("stopped")
+    }
+
+    /// `--check-config`: the file's plans, or its problems on stderr.
+    func checkConfigFile() -> Int32 {
+        let path = config ?? RingbackConfig.defaultPath
+        do {
+            let c = try RingbackConfig.load(path: path)
+            print("\(path): valid, \(c.plans.count) plan\(c.plans.count == 1 ? "" : "s")")
+            for p in c.plans {
+                // An interval counts from the plan's last run, which only the daemon knows.
+                var when = p.schedule.text
+                if case .calendar = p.schedule.rule {
+                    when += " (next \(p.schedule.next(after: Date()).map(CivilTime.iso8601) ?? "never"))"
+                }
+                print("  \(p.name): \(when), \(p.devices.map(\.name).joined(separator: ", ")) → "
+                      + "\(p.repository)/<device-id>, \(p.format.rawValue)")
+            }
+            return 0
+        } catch let e as ConfigFileError where e.missing && config == nil {
+            print("no config file at \(path): no backup plans")
+            return 0
+        } catch {
+            FileHandle.standardError.write(Data("\(error)\n".utf8))
+            return 1
+        }
     }
 }
 
