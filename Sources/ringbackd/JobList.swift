@@ -74,6 +74,7 @@ final class JobList: @unchecked Sendable {
             job.transition(to: .running, emit: emit)
             job.startedAt = Date()
             daemon.catalogStarted(job)
+            job.logStart()
             if job.userPaused {
                 job.control.pause()
                 job.transition(to: .paused, emit: emit)
@@ -177,6 +178,7 @@ final class JobList: @unchecked Sendable {
         daemon.endFreeze(of: job.work, succeeded: ok, completed: job.control.completedExtents)
         job.finishedAt = Date()
         daemon.catalogFinished(job, succeeded: ok)
+        job.logEnd(succeeded: ok)
         var data = job.eventData
         if ok {
             if let s = job.work.summary { data["x-summary"] = s }

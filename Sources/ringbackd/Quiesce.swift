@@ -86,7 +86,7 @@ extension Daemon {
 
     private func runPostThawHooks(_ environment: [String: String]) {
         do { try quiesceSettings.hooks.run(.postThaw, environment: environment) } catch {
-            log("post-thaw: \(error)")
+            logger.error("post-thaw: \(error)", metadata: ["devices": "\(environment["RINGBACK_DEVICES"] ?? "")"])
         }
     }
 }

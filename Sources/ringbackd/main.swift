@@ -43,7 +43,11 @@ struct RingbackDaemon: ParsableCommand {
     @Option(help: "Seconds a freeze may last without word from ringbackd before the watchdog thaws it.")
     var freezeTimeout: Double = 10
 
+    @OptionGroup(title: "Logs and metrics")
+    var telemetry: TelemetryOptions
+
     func run() throws {
+        telemetry.bootstrap()
         var gid: gid_t?
         if let group {
             guard let g = getgrnam(group) else { throw ValidationError("unknown group '\(group)'") }
@@ -55,7 +59,7 @@ struct RingbackDaemon: ParsableCommand {
         daemon.quiesceSettings.freezeTimeout = freezeTimeout
         daemon.quiesceSettings.watchdog = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe"))
             ?? CommandLine.arguments[0]
-        try daemon.restore(log: { log($0) })
+        try daemon.restore()
         let server = QMPServer(path: socket, allowedGroup: gid,
                                greeting: QMP.greeting(major: 0, minor: 1, micro: 0, package: "ringback 0.1.0")) {
             command, arguments in
@@ -63,7 +67,7 @@ struct RingbackDaemon: ParsableCommand {
         }
         daemon.emit = { [weak server] name, data in server?.broadcast(event: name, data: data) }
         try server.start()
-        log("listening on \(socket), state in \(stateDir)")
+        logger.info("listening on \(socket), state in \(stateDir)", metadata: ["socket": "\(socket)", "state-dir": "\(stateDir)"])
 
         // Wait for SIGTERM/SIGINT on a dispatch source, then stop cleanly.
         signal(SIGTERM, SIG_IGN)
@@ -80,15 +84,11 @@ struct RingbackDaemon: ParsableCommand {
         // release (and cancel) them right after creation, and no signal would
         // ever stop the daemon.
         withExtendedLifetime(sources) { done.wait() }
-        log("stopping: saving bitmaps")
+        logger.info("stopping: saving bitmaps")
         server.stop()
         daemon.shutdown()
-        log("stopped")
+        logger.info("stopped")
     }
-}
-
-func log(_ message: String) {
-    FileHandle.standardError.write(Data("ringbackd: \(message)\n".utf8))
 }
 
 // The freeze watchdog is this same executable in another mode (DESIGN §11):
