@@ -45,6 +45,14 @@ final class Daemon: @unchecked Sendable {
         return try body()
     }
 
+    /// The tracked devices and their disks' trackers under the lock, or nil
+    /// when it stays taken past `deadline` (for the metrics, Metrics.swift).
+    func withTrackedDevices<T>(before deadline: Date, _ body: ([Node], [String: WriteTracker]) -> T) -> T? {
+        guard lock.lock(before: deadline) else { return nil }
+        defer { lock.unlock() }
+        return body(Array(nodes.values), trackers)
+    }
+
     // MARK: start and stop
 
     /// Re-attaches to the devices tracked before a restart and loads their
@@ -183,6 +191,7 @@ final class Daemon: @unchecked Sendable {
     private func record(_ path: String, _ extent: Extent) {
         locked {
             guard let node = nodes[path] else { return }
+            node.writeEvents &+= 1
             node.bitmaps.mark(offset: extent.offset, length: extent.length)
             for r in node.recorders { r.bitmap.mark(offset: extent.offset, length: extent.length) }
         }

@@ -23,6 +23,14 @@ final class JobList: @unchecked Sendable {
         return try body()
     }
 
+    /// `body` under the lock, or nil when a transaction holds it past
+    /// `deadline` (the metrics show their last figures rather than wait).
+    func locked<T>(before deadline: Date, _ body: () -> T) -> T? {
+        guard lock.lock(before: deadline) else { return nil }
+        defer { lock.unlock() }
+        return body()
+    }
+
     private func emit(_ name: String, _ data: JSONValue) { daemon.emit(name, data) }
 
     /// The job named `id`; an id stays taken until its job is dismissed.

@@ -74,6 +74,7 @@ extension Daemon {
             case .expired(let s): data["seconds"] = .double(s); data["expired"] = .bool(true)
             }
             emit("X_FILESYSTEMS_THAWED", .object(data))
+            thawed(section, thaw)
         }
         if hooksInBackground {
             let env = section.environment

@@ -59,6 +59,7 @@ struct RingbackDaemon: ParsableCommand {
         daemon.quiesceSettings.freezeTimeout = freezeTimeout
         daemon.quiesceSettings.watchdog = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe"))
             ?? CommandLine.arguments[0]
+        let metrics = try telemetry.makeExport()
         try daemon.restore()
         let server = QMPServer(path: socket, allowedGroup: gid,
                                greeting: QMP.greeting(major: 0, minor: 1, micro: 0, package: "ringback 0.1.0")) {
@@ -68,6 +69,7 @@ struct RingbackDaemon: ParsableCommand {
         daemon.emit = { [weak server] name, data in server?.broadcast(event: name, data: data) }
         try server.start()
         logger.info("listening on \(socket), state in \(stateDir)", metadata: ["socket": "\(socket)", "state-dir": "\(stateDir)"])
+        metrics.start(daemon: daemon)
 
         // Wait for SIGTERM/SIGINT on a dispatch source, then stop cleanly.
         signal(SIGTERM, SIG_IGN)
@@ -87,6 +89,7 @@ struct RingbackDaemon: ParsableCommand {
         logger.info("stopping: saving bitmaps")
         server.stop()
         daemon.shutdown()
+        metrics.stop()
         logger.info("stopped")
     }
 }
