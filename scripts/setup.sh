@@ -19,11 +19,14 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 # client (qemu.qmp, below), qemu-system-common for qemu-storage-daemon (QEMU
 # itself, the oracle of that client's checks), passwd and util-linux's setpriv
 # for the access tests' unprivileged users.
+# The metrics tests: prometheus for promtool, Prometheus' own check of the
+# exposition ringbackd serves (the server it also ships is not started here).
 packages=(
     liburing-dev libblkid-dev libxxhash-dev libzstd-dev zlib1g-dev libsqlite3-dev pkg-config
     qemu-utils fio e2fsprogs util-linux fdisk xfsprogs python3 sqlite3
     fuse3 python3-fusepy
     python3-venv qemu-system-common passwd
+    prometheus
 )
 
 if ! command -v dpkg-query >/dev/null 2>&1 || ! command -v apt-get >/dev/null 2>&1; then

@@ -16,8 +16,14 @@ public final class CopyControl: Sendable {
     private let idle = Atomic<Bool>(false)
     private let completed = Mutex<[Extent]?>(nil)
     private let faultHandler = Mutex<(@Sendable (CopyFault) -> CopyFaultDecision)?>(nil)
+    private let readObserver: (@Sendable (UInt64) -> Void)?
 
-    public init(speedLimit: UInt64 = 0) { speed.store(speedLimit, ordering: .relaxed) }
+    /// `onRead` sees every read as it completes (bytes, on the engine's
+    /// thread), across all runs: ringbackd's bytes-copied counter.
+    public init(speedLimit: UInt64 = 0, onRead: (@Sendable (UInt64) -> Void)? = nil) {
+        speed.store(speedLimit, ordering: .relaxed)
+        readObserver = onRead
+    }
 
     /// Whether the engine has honoured a pause: it issues nothing and has no
     /// I/O in flight, so progress holds still until `resume`.
@@ -73,7 +79,10 @@ public final class CopyControl: Sendable {
         done.store(0, ordering: .relaxed)
         read.store(0, ordering: .relaxed)
     }
-    public func didRead(_ n: Int) { read.add(UInt64(n), ordering: .relaxed) }
+    public func didRead(_ n: Int) {
+        read.add(UInt64(n), ordering: .relaxed)
+        readObserver?(UInt64(n))
+    }
     public func didFinish(_ n: Int) { done.add(UInt64(n), ordering: .relaxed) }
     /// A chunk is completely copied.
     public func didFinish(_ chunk: Chunk) {

@@ -52,6 +52,8 @@ public struct SystemError: Error, CustomStringConvertible, Equatable, Sendable {
         case EOPNOTSUPP: "EOPNOTSUPP"
         case ECANCELED: "ECANCELED"
         case ETIMEDOUT: "ETIMEDOUT"
+        case EADDRINUSE: "EADDRINUSE"
+        case EADDRNOTAVAIL: "EADDRNOTAVAIL"
         default: "errno \(code)"
         }
     }

@@ -123,6 +123,14 @@ public final class WriteTracker: @unchecked Sendable {
         return try reader.barrier(timeout: timeout)
     }
 
+    /// The instance's loss counters as they are now (`overrun`, `commit
+    /// overrun` and `dropped events` over all CPUs, since the instance was
+    /// made), read without a barrier: what monitoring shows between backups.
+    /// Throws when the instance is gone.
+    public func currentLossCount() throws -> UInt64 {
+        try instance.lossCount(cpus: instance.cpus())
+    }
+
     /// Ends the reader thread and closes the instance's files. With
     /// `removeInstance`, the instance is removed and tracking of the disk ends;
     /// without, it keeps recording so that a later tracker re-attaches to it.

@@ -219,7 +219,7 @@ final class BackupWork: @unchecked Sendable {
             request.force = force
             request.publishLater = true
             request.nextPass = nextPass
-            return withConvergeReport(try JSONValue.from(FullBackup.run(request, control: control)))
+            return withConvergeReport(try JSONValue.from(FullBackup.run(request, control: control, warn: warn)))
         }
         var changed = rescan ? nil : frozen.map { Array($0.dirtyExtents) } ?? []
         if let base = deltaBase, let snapshot, let listed = changed {
@@ -235,7 +235,12 @@ final class BackupWork: @unchecked Sendable {
         request.options = options
         request.publishLater = true
         request.nextPass = nextPass
-        return withConvergeReport(try JSONValue.from(IncrementalBackup.run(request, control: control)))
+        return withConvergeReport(try JSONValue.from(IncrementalBackup.run(request, control: control, warn: warn)))
+    }
+
+    /// The copy engine's warnings (io_uring unavailable: pread/pwrite instead).
+    private func warn(_ message: String) {
+        logger.warning("\(message)", metadata: ["device": "\(device)", "image": "\(image)"])
     }
 
     private func withConvergeReport(_ summary: JSONValue) -> JSONValue {
@@ -283,7 +288,8 @@ final class BackupWork: @unchecked Sendable {
         do {
             try node.bitmaps.finish(name, jobSucceeded: succeeded, mode: mode, uncopied: uncopied)
         } catch {
-            log("cannot end the freeze of bitmap '\(name)' on \(device): \(error)")
+            logger.error("cannot end the freeze of bitmap '\(name)' on \(device): \(error)",
+                         metadata: ["device": "\(device)", "bitmap": "\(name)"])
         }
     }
 }

@@ -47,11 +47,19 @@ final class Daemon: @unchecked Sendable {
         return try body()
     }
 
+    /// The tracked devices and their disks' trackers under the lock, or nil
+    /// when it stays taken past `deadline` (for the metrics, Metrics.swift).
+    func withTrackedDevices<T>(before deadline: Date, _ body: ([Node], [String: WriteTracker]) -> T) -> T? {
+        guard lock.lock(before: deadline) else { return nil }
+        defer { lock.unlock() }
+        return body(Array(nodes.values), trackers)
+    }
+
     // MARK: start and stop
 
     /// Re-attaches to the devices tracked before a restart and loads their
     /// persistent bitmaps; every doubt makes a bitmap inconsistent.
-    func restore(log: (String) -> Void) throws {
+    func restore() throws {
         try FileManager.default.createDirectory(atPath: state.bitmaps, withIntermediateDirectories: true)
         catalog = try Catalog(stateDirectory: state.root)
         failInterruptedBackups()
@@ -67,10 +75,11 @@ final class Daemon: @unchecked Sendable {
                     // The tracefs instance is gone (a reboot, or someone removed
                     // it): writes since the last daemon stopped were not seen.
                     locked { nodes[path]?.bitmaps.markInconsistent() }
-                    log("tracking of \(path) restarted without its tracefs instance: its bitmaps are inconsistent")
+                    logger.warning("tracking of \(path) restarted without its tracefs instance: its bitmaps are inconsistent",
+                                   metadata: ["device": "\(path)"])
                 }
             } catch {
-                log("cannot resume tracking \(path): \(error); its bitmap files are kept")
+                logger.error("cannot resume tracking \(path): \(error); its bitmap files are kept", metadata: ["device": "\(path)"])
             }
         }
         // Drain what the instances buffered while no daemon ran, and learn of losses.
@@ -79,7 +88,8 @@ final class Daemon: @unchecked Sendable {
         try saveAll(inUse: true)
         for node in locked({ Array(nodes.values) }) {
             for b in node.bitmaps.bitmaps where b.isInconsistent {
-                log("bitmap '\(b.name)' on \(node.path) is inconsistent; an incremental from it needs --rescan")
+                logger.warning("bitmap '\(b.name)' on \(node.path) is inconsistent; an incremental from it needs --rescan",
+                               metadata: ["device": "\(node.path)", "bitmap": "\(b.name)"])
             }
         }
     }
@@ -91,7 +101,8 @@ final class Daemon: @unchecked Sendable {
         // Running jobs are cancelled: their images are discarded and their
         // bitmaps reclaimed, so the next daemon starts from a known state.
         for job in jobs.active {
-            log("cancelling job '\(job.id)' (\(job.work.device)) for shutdown")
+            logger.notice("cancelling job '\(job.id)' (\(job.work.device)) for shutdown",
+                          metadata: ["job": "\(job.id)", "device": "\(job.work.device)"])
             try? jobs.cancel(job.id)
         }
         let deadline = Date().addingTimeInterval(30)
@@ -169,12 +180,13 @@ final class Daemon: @unchecked Sendable {
                 // The loader marks a bitmap inconsistent for every doubt; say which.
                 let loaded = try DirtyBitmap.load(from: path, expecting: node.identity, bootID: bootID)
                 for doubt in loaded.doubts {
-                    log("bitmap '\(loaded.bitmap.name)' on \(node.path) is inconsistent: \(doubt)")
+                    logger.warning("bitmap '\(loaded.bitmap.name)' on \(node.path) is inconsistent: \(doubt)",
+                                   metadata: ["device": "\(node.path)", "bitmap": "\(loaded.bitmap.name)"])
                 }
                 try node.bitmaps.add(loaded.bitmap)
             } catch {
                 // A device replaced by another: the bitmap is refused outright.
-                log("bitmap file \(path) not loaded: \(error)")
+                logger.error("bitmap file \(path) not loaded: \(error)", metadata: ["device": "\(node.path)", "file": "\(path)"])
             }
         }
     }
@@ -182,6 +194,7 @@ final class Daemon: @unchecked Sendable {
     private func record(_ path: String, _ extent: Extent) {
         locked {
             guard let node = nodes[path] else { return }
+            node.writeEvents &+= 1
             node.bitmaps.mark(offset: extent.offset, length: extent.length)
             for r in node.recorders { r.bitmap.mark(offset: extent.offset, length: extent.length) }
         }
@@ -292,7 +305,9 @@ final class Daemon: @unchecked Sendable {
             guard let node = nodes[work.device] else { return }
             work.endFreeze(in: node, succeeded: succeeded, completed: completed)
         }
-        do { try saveAll(inUse: true) } catch { log("cannot save bitmaps: \(error)") }
+        do { try saveAll(inUse: true) } catch {
+            logger.error("cannot save bitmaps: \(error)", metadata: ["device": "\(work.device)", "bitmap": "\(work.bitmap ?? "")"])
+        }
     }
 
     // MARK: catalog
@@ -313,7 +328,8 @@ final class Daemon: @unchecked Sendable {
                 consistency: Consistency(rawValue: w.consistency.catalogName), parentID: parent))
             job.catalogID = record.id
         } catch {
-            log("catalog: cannot record the start of job '\(job.id)': \(error)")
+            logger.error("catalog: cannot record the start of job '\(job.id)': \(error)",
+                         metadata: ["job": "\(job.id)", "device": "\(w.device)", "image": "\(w.image)"])
         }
     }
 
@@ -336,7 +352,8 @@ final class Daemon: @unchecked Sendable {
                                        error: job.errorMessage ?? "cancelled")
             }
         } catch {
-            log("catalog: cannot record the end of job '\(job.id)': \(error)")
+            logger.error("catalog: cannot record the end of job '\(job.id)': \(error)",
+                         metadata: ["job": "\(job.id)", "device": "\(job.work.device)", "backup": "\(id)"])
         }
     }
 
@@ -351,7 +368,8 @@ final class Daemon: @unchecked Sendable {
                 try catalog.removeBitmap(device: path, name: name)
             }
         } catch {
-            log("catalog: cannot record bitmap '\(name)' on \(path): \(error)")
+            logger.error("catalog: cannot record bitmap '\(name)' on \(path): \(error)",
+                         metadata: ["device": "\(path)", "bitmap": "\(name)"])
         }
     }
 
@@ -362,10 +380,11 @@ final class Daemon: @unchecked Sendable {
         do {
             for record in try catalog.markInterrupted() {
                 PendingImage.discard(image: record.image)
-                log("backup \(record.id) of \(record.device) (\(record.image)) was interrupted by a daemon stop; marked failed")
+                logger.warning("backup \(record.id) of \(record.device) (\(record.image)) was interrupted by a daemon stop; marked failed",
+                               metadata: ["backup": "\(record.id)", "device": "\(record.device)", "image": "\(record.image)"])
             }
         } catch {
-            log("catalog: cannot mark interrupted backups: \(error)")
+            logger.error("catalog: cannot mark interrupted backups: \(error)")
         }
     }
 }

@@ -11,6 +11,8 @@ final class Job: @unchecked Sendable {
     let autoFinalize: Bool
     let autoDismiss: Bool
     let control: CopyControl
+    /// Feeds the bytes-copied counter and the throughput gauge (Metrics.swift).
+    let meter: CopyMeter
     /// The jobs that finish together (a grouped transaction), or this job alone.
     let group: JobGroup
     fileprivate(set) var status: JobStatus = .undefined
@@ -48,7 +50,8 @@ final class Job: @unchecked Sendable {
         self.autoFinalize = autoFinalize
         self.autoDismiss = autoDismiss
         self.group = group
-        control = CopyControl(speedLimit: work.options.speedLimit)
+        meter = CopyMeter(device: work.device)
+        control = CopyControl(speedLimit: work.options.speedLimit, onRead: meter.record)
     }
 
     /// Moves to `next` as the table allows and says so to every client.

@@ -23,6 +23,14 @@ final class JobList: @unchecked Sendable {
         return try body()
     }
 
+    /// `body` under the lock, or nil when a transaction holds it past
+    /// `deadline` (the metrics show their last figures rather than wait).
+    func locked<T>(before deadline: Date, _ body: () -> T) -> T? {
+        guard lock.lock(before: deadline) else { return nil }
+        defer { lock.unlock() }
+        return body()
+    }
+
     private func emit(_ name: String, _ data: JSONValue) { daemon.emit(name, data) }
 
     /// The job named `id`; an id stays taken until its job is dismissed.
@@ -74,6 +82,7 @@ final class JobList: @unchecked Sendable {
             job.transition(to: .running, emit: emit)
             job.startedAt = Date()
             daemon.catalogStarted(job)
+            job.logStart()
             if job.userPaused {
                 job.control.pause()
                 job.transition(to: .paused, emit: emit)
@@ -180,6 +189,7 @@ final class JobList: @unchecked Sendable {
         daemon.endFreeze(of: job.work, succeeded: ok, completed: job.control.completedExtents)
         job.finishedAt = Date()
         daemon.catalogFinished(job, succeeded: ok)
+        job.logEnd(succeeded: ok)
         var data = job.eventData
         if ok {
             if let s = job.work.summary { data["x-summary"] = s }

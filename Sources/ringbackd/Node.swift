@@ -22,6 +22,8 @@ final class Node {
     var bitmaps: BitmapSet
     /// Private write records of converging jobs, marked with the bitmaps.
     var recorders: [WriteRecorder] = []
+    /// Writes, discards and write-zeroes the tracker reported (a metric).
+    var writeEvents: UInt64 = 0
 
     init(path: String, size: UInt64, identity: DeviceIdentity, disk: String, tracked: TrackedDevice, bitmaps: BitmapSet) {
         self.path = path

@@ -74,6 +74,7 @@ extension Daemon {
             case .expired(let s): data["seconds"] = .double(s); data["expired"] = .bool(true)
             }
             emit("X_FILESYSTEMS_THAWED", .object(data))
+            thawed(section, thaw)
         }
         if hooksInBackground {
             let env = section.environment
@@ -86,7 +87,7 @@ extension Daemon {
 
     private func runPostThawHooks(_ environment: [String: String]) {
         do { try quiesceSettings.hooks.run(.postThaw, environment: environment) } catch {
-            log("post-thaw: \(error)")
+            logger.error("post-thaw: \(error)", metadata: ["devices": "\(environment["RINGBACK_DEVICES"] ?? "")"])
         }
     }
 }

@@ -38,14 +38,17 @@ struct RingbackDaemon: ParsableCommand {
     @Option(help: "Where the boot id is read (a reboot makes persistent bitmaps inconsistent).")
     var bootIdFile: String = "/proc/sys/kernel/random/boot_id"
 
-    @Option(help: "Hooks run before a freeze, inside it and after the thaw (executables, in name order).")
-    var hooksDir: String = "/etc/ringback/hooks.d"
+    @Option(help: ArgumentHelp("Hooks run before a freeze, inside it and after the thaw (executables, in name order; "
+                               + "default: [daemon] hooks-dir, else /etc/ringback/hooks.d).", valueName: "dir"))
+    var hooksDir: String?
 
-    @Option(help: "Seconds a hook may run before it is killed and its step fails.")
-    var hookTimeout: Double = 60
+    @Option(help: ArgumentHelp("Seconds a hook may run before it is killed and its step fails (default: [daemon] hook-timeout, else 60).",
+                               valueName: "seconds"))
+    var hookTimeout: Double?
 
-    @Option(help: "Seconds a freeze may last without word from ringbackd before the watchdog thaws it.")
-    var freezeTimeout: Double = 10
+    @Option(help: ArgumentHelp("Seconds a freeze may last without word from ringbackd before the watchdog thaws it "
+                               + "(default: [daemon] freeze-timeout, else 10).", valueName: "seconds"))
+    var freezeTimeout: Double?
 
     @Option(help: ArgumentHelp("The configuration file with the backup plans (a missing file at the default path means no plans).",
                                valueName: "path"))
@@ -54,25 +57,40 @@ struct RingbackDaemon: ParsableCommand {
     @Flag(help: "Check the configuration file, print its plans and exit: 0 when it is valid, 1 when not.")
     var checkConfig = false
 
+    @OptionGroup(title: "Logs and metrics")
+    var telemetry: TelemetryOptions
+
     func run() throws {
         if checkConfig { throw ExitCode(checkConfigFile()) }
-        var gid: gid_t?
-        if let group {
-            guard let g = getgrnam(group) else { throw ValidationError("unknown group '\(group)'") }
-            gid = g.pointee.gr_gid
-        }
-        guard freezeTimeout > 0, hookTimeout > 0 else { throw ValidationError("--freeze-timeout and --hook-timeout must be positive") }
+        telemetry.bootstrap()
         let daemon = Daemon(stateDirectory: stateDir, bootIDPath: bootIdFile, bufferKiB: traceBufferKib)
-        daemon.quiesceSettings.hooks = Hooks(directory: hooksDir, timeout: hookTimeout)
-        daemon.quiesceSettings.freezeTimeout = freezeTimeout
-        daemon.quiesceSettings.watchdog = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe"))
-            ?? CommandLine.arguments[0]
         // The configuration first: a missing --config file stops the start before anything is touched.
         try FileManager.default.createDirectory(atPath: stateDir, withIntermediateDirectories: true)
         let plans = PlanScheduler(daemon: daemon, configPath: config)
         do { try plans.load() } catch { throw ValidationError("\(error)") }
         daemon.plans = plans
-        try daemon.restore(log: { log($0) })
+        // Command-line flags win over the file's [daemon] and [metrics] sections.
+        let settings = plans.configuration
+        var gid: gid_t?
+        if let group = group ?? settings.daemon.group {
+            guard let g = getgrnam(group) else { throw ValidationError("unknown group '\(group)'") }
+            gid = g.pointee.gr_gid
+        }
+        let freezeTimeout = freezeTimeout ?? settings.daemon.freezeTimeout.map { Double($0.seconds) } ?? 10
+        let hookTimeout = hookTimeout ?? settings.daemon.hookTimeout.map { Double($0.seconds) } ?? 60
+        guard freezeTimeout > 0, hookTimeout > 0 else { throw ValidationError("--freeze-timeout and --hook-timeout must be positive") }
+        daemon.quiesceSettings.hooks = Hooks(directory: hooksDir ?? settings.daemon.hooksDir ?? "/etc/ringback/hooks.d",
+                                             timeout: hookTimeout)
+        daemon.quiesceSettings.freezeTimeout = freezeTimeout
+        daemon.quiesceSettings.watchdog = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe"))
+            ?? CommandLine.arguments[0]
+        // Before restore: a port in use or a missing folder stops the start
+        // before bitmaps are loaded and marked in use.
+        let metrics = try MetricsExport(listen: telemetry.metricsListen ?? settings.metrics.listen?.description,
+                                        allowNonLoopback: telemetry.metricsAllowNonLoopback,
+                                        textfile: telemetry.metricsTextfile ?? settings.metrics.textfile,
+                                        interval: telemetry.metricsTextfileInterval)
+        try daemon.restore()
         let server = QMPServer(path: socket, allowedGroup: gid,
                                greeting: QMP.greeting(major: 0, minor: 1, micro: 0, package: "ringback 0.1.0")) {
             command, arguments in
@@ -80,7 +98,8 @@ struct RingbackDaemon: ParsableCommand {
         }
         daemon.emit = { [weak server] name, data in server?.broadcast(event: name, data: data) }
         try server.start()
-        log("listening on \(socket), state in \(stateDir)")
+        logger.info("listening on \(socket), state in \(stateDir)", metadata: ["socket": "\(socket)", "state-dir": "\(stateDir)"])
+        metrics.start(daemon: daemon)
         plans.start()
 
         // Wait for SIGTERM/SIGINT on a dispatch source, then stop cleanly.
@@ -104,14 +123,15 @@ struct RingbackDaemon: ParsableCommand {
         // release (and cancel) them right after creation, and no signal would
         // ever stop the daemon.
         withExtendedLifetime(sources) { done.wait() }
-        log("stopping: saving bitmaps")
+        logger.info("stopping: saving bitmaps")
         // No plan run starts any more, and the jobs of those running are all
         // started, so that the shutdown cancels them; then the runs record it.
         plans.beginStop()
         server.stop()
         daemon.shutdown()
         plans.waitForRuns(timeout: 10)
-        log("stopped")
+        metrics.stop()
+        logger.info("stopped")
     }
 
     /// `--check-config`: the file's plans, or its problems on stderr.
@@ -138,10 +158,6 @@ struct RingbackDaemon: ParsableCommand {
             return 1
         }
     }
-}
-
-func log(_ message: String) {
-    FileHandle.standardError.write(Data("ringbackd: \(message)\n".utf8))
 }
 
 // The freeze watchdog is this same executable in another mode (DESIGN §11):
