@@ -77,7 +77,9 @@ let package = Package(
         .testTarget(name: "BlockIOTests", dependencies: [
             "BlockIO", "TestSupport", .product(name: "PropertyBased", package: "swift-property-based"),
         ]),
-        .testTarget(name: "BlockDevicesTests", dependencies: ["BlockDevices", "BlockIO", "TestSupport"]),
+        .testTarget(name: "BlockDevicesTests", dependencies: [
+            "BlockDevices", "BlockIO", "TestSupport", .product(name: "PropertyBased", package: "swift-property-based"),
+        ]),
         .testTarget(name: "ImagesTests", dependencies: [
             "Images", "BlockIO", "TestSupport", .product(name: "PropertyBased", package: "swift-property-based"),
         ]),
@@ -100,6 +102,6 @@ let package = Package(
         .testTarget(name: "BackupTests", dependencies: ["Backup", "BlockDevices", "BlockIO", "Images", "TestSupport"]),
         // LVM tests: the host part boots a small VM (scripts/lvm-vm.sh) that runs
         // the guest part of this same test bundle against real device-mapper.
-        .testTarget(name: "LVMTests", dependencies: ["ControlProtocol", "TestSupport"]),
+        .testTarget(name: "LVMTests", dependencies: ["BlockDevices", "ControlProtocol", "TestSupport"]),
     ]
 )

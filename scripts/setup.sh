@@ -21,12 +21,17 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 # for the access tests' unprivileged users.
 # The metrics tests: prometheus for promtool, Prometheus' own check of the
 # exposition ringbackd serves (the server it also ships is not started here).
+# The LVM tests' VM (scripts/lvm-vm.sh): qemu-system-x86 boots it; busybox-static,
+# kmod (depmod, modprobe) and xz-utils build its initramfs from Debian's kernel
+# package (downloaded, not installed); lvm2 and thin-provisioning-tools are
+# what the guest runs, from the host's root filesystem.
 packages=(
     liburing-dev libblkid-dev libxxhash-dev libzstd-dev zlib1g-dev libsqlite3-dev pkg-config
     qemu-utils fio e2fsprogs util-linux fdisk xfsprogs python3 sqlite3
     fuse3 python3-fusepy
     python3-venv qemu-system-common passwd
     prometheus
+    qemu-system-x86 busybox-static kmod xz-utils lvm2 thin-provisioning-tools
 )
 
 if ! command -v dpkg-query >/dev/null 2>&1 || ! command -v apt-get >/dev/null 2>&1; then
@@ -78,7 +83,7 @@ problems=()
 for module in liburing blkid libxxhash libzstd zlib sqlite3; do
     pkg-config --exists "$module" || problems+=("pkg-config module $module")
 done
-for tool in qemu-img qemu-storage-daemon fio losetup mkfs.ext4 mkfs.xfs sfdisk partx python3 sqlite3 setpriv; do
+for tool in qemu-img qemu-storage-daemon qemu-system-x86_64 xz fio losetup mkfs.ext4 mkfs.xfs sfdisk partx python3 sqlite3 setpriv; do
     command -v "$tool" >/dev/null 2>&1 || problems+=("command $tool")
 done
 # faultfs (Tests/tools/faultfs.py) runs under Debian's interpreter, the one
@@ -88,7 +93,8 @@ command -v fusermount3 >/dev/null 2>&1 || command -v fusermount >/dev/null 2>&1 
 /usr/bin/python3 -c 'import fusepy' >/dev/null 2>&1 ||
     problems+=("python module fusepy for /usr/bin/python3 (faultfs)")
 # Not on a user's PATH, so by their place.
-for tool in /usr/sbin/useradd /usr/sbin/userdel /usr/sbin/groupadd /usr/sbin/groupdel; do
+for tool in /usr/sbin/useradd /usr/sbin/userdel /usr/sbin/groupadd /usr/sbin/groupdel \
+    /usr/sbin/lvm /usr/sbin/thin_delta /usr/sbin/depmod /bin/busybox; do
     [[ -x $tool ]] || problems+=("command $tool")
 done
 "$test_venv/bin/python" -c 'from qemu.qmp import QMPClient' >/dev/null 2>&1 ||

@@ -92,13 +92,20 @@ public struct BlockDeviceInfo: Codable, Hashable, Sendable {
     public var holders: [String]
     /// Kernel names of the devices this one is built on.
     public var slaves: [String]
+    /// For LVM devices (kind `lvm`): the logical volume, as lvs reports it
+    /// (nil when lvs could not be asked). Filled by `DeviceProbe.devices()`.
+    public var logicalVolume: LogicalVolume?
+    /// For LVM's internal devices of an LV (its dm UUID's suffix: "real",
+    /// "cow", "tpool", "tdata", "tmeta"); nil for the LV's own device.
+    public var lvmLayer: String?
 
     public init(name: String, path: String, major: UInt32, minor: UInt32, size: UInt64,
                 logicalSectorSize: Int, physicalSectorSize: Int, kind: BlockDeviceKind,
                 readOnly: Bool = false, partition: PartitionInfo? = nil, loopBackingFile: String? = nil,
                 dmName: String? = nil, dmUUID: String? = nil, fsType: String? = nil,
                 fsUUID: String? = nil, fsLabel: String? = nil, mountpoints: [String] = [],
-                holders: [String] = [], slaves: [String] = []) {
+                holders: [String] = [], slaves: [String] = [], logicalVolume: LogicalVolume? = nil,
+                lvmLayer: String? = nil) {
         self.name = name
         self.path = path
         self.major = major
@@ -118,6 +125,8 @@ public struct BlockDeviceInfo: Codable, Hashable, Sendable {
         self.mountpoints = mountpoints
         self.holders = holders
         self.slaves = slaves
+        self.logicalVolume = logicalVolume
+        self.lvmLayer = lvmLayer
     }
 
     /// The device's own dev_t.
@@ -130,7 +139,7 @@ public struct BlockDeviceInfo: Codable, Hashable, Sendable {
     enum CodingKeys: String, CodingKey {
         case name, path, major, minor, size, logicalSectorSize, physicalSectorSize, kind, readOnly
         case partition, loopBackingFile, dmName, dmUUID, fsType, fsUUID, fsLabel
-        case mountpoints, holders, slaves
+        case mountpoints, holders, slaves, logicalVolume, lvmLayer
     }
 
     /// Encodes every key, absent values as null, so that consumers of
@@ -157,5 +166,7 @@ public struct BlockDeviceInfo: Codable, Hashable, Sendable {
         try c.encode(mountpoints, forKey: .mountpoints)
         try c.encode(holders, forKey: .holders)
         try c.encode(slaves, forKey: .slaves)
+        try c.encode(logicalVolume, forKey: .logicalVolume)
+        try c.encode(lvmLayer, forKey: .lvmLayer)
     }
 }

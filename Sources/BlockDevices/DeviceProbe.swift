@@ -16,22 +16,29 @@ public struct DeviceProbe: Sendable {
     let mountinfo: String
     /// Whether to open devices and run libblkid (off for fabricated trees).
     let probesFilesystems: Bool
+    /// Where `devices()` asks for the details of LVM devices; nil: it does not.
+    let lvm: LVM?
 
     /// A probe of this host's devices.
     public init() {
-        self.init(sysfs: "/sys", deviceDirectory: "/dev", mountinfo: MountTable.defaultPath)
+        self.init(sysfs: "/sys", deviceDirectory: "/dev", mountinfo: MountTable.defaultPath, lvm: LVM())
     }
 
-    init(sysfs: String, deviceDirectory: String, mountinfo: String, probesFilesystems: Bool = true) {
+    init(sysfs: String, deviceDirectory: String, mountinfo: String, probesFilesystems: Bool = true, lvm: LVM? = nil) {
         self.sysfs = sysfs
         self.deviceDirectory = deviceDirectory
         self.mountinfo = mountinfo
         self.probesFilesystems = probesFilesystems
+        self.lvm = lvm
     }
 
     /// Every block device the kernel lists, unattached loop devices included,
-    /// each whole disk followed by its partitions.
-    public static func all() throws -> [BlockDeviceInfo] { try DeviceProbe().devices() }
+    /// each whole disk followed by its partitions; LVM devices with their LV.
+    /// `warn` hears why LV details are missing (lvs not installed or failing):
+    /// the listing does not fail for it.
+    public static func all(warn: (String) -> Void = { _ in }) throws -> [BlockDeviceInfo] {
+        try DeviceProbe().devices(warn: warn)
+    }
 
     /// The device whose node is `path` (symbolic links are followed, so
     /// /dev/mapper/NAME works). Throws `SystemError` when the path cannot be
@@ -39,7 +46,7 @@ public struct DeviceProbe: Sendable {
     public static func info(path: String) throws -> BlockDeviceInfo { try DeviceProbe().device(at: path) }
 
     /// Every block device the kernel lists; see `all()`.
-    public func devices() throws -> [BlockDeviceInfo] {
+    public func devices(warn: (String) -> Void = { _ in }) throws -> [BlockDeviceInfo] {
         let mounts = MountIndex(try MountTable.read(from: mountinfo))
         var result: [BlockDeviceInfo] = []
         for name in try Sys.listDirectory(classBlock) {
@@ -51,7 +58,31 @@ public struct DeviceProbe: Sendable {
                 continue
             }
         }
+        if let lvm, result.contains(where: { $0.kind == .lvm }) {
+            do {
+                Self.attach(try lvm.allVolumes(), to: &result)
+            } catch {
+                warn("logical volumes are listed without their LVM details: \(error)")
+            }
+        }
         return result.sorted(by: DeviceProbe.listingOrder)
+    }
+
+    /// Gives each LVM device its LV, matched by dm UUID ("LVM-" + the VG's
+    /// and the LV's UUIDs, then "-LAYER" for internal devices). The LV's own
+    /// device is the one at its /dev/mapper path; the thin pool's is dm
+    /// UUID "...-pool" (lib/activate/dev_manager.c), so the name decides.
+    static func attach(_ volumes: [LogicalVolume], to devices: inout [BlockDeviceInfo]) {
+        let byUUID = Dictionary(volumes.map { ($0.dmUUID, $0) }, uniquingKeysWith: { a, _ in a })
+        for i in devices.indices where devices[i].kind == .lvm {
+            guard let uuid = devices[i].dmUUID else { continue }
+            let base = String(uuid.prefix(68))   // "LVM-" + 32 + 32
+            guard let lv = byUUID[base] else { continue }
+            devices[i].logicalVolume = lv
+            if let dmName = devices[i].dmName, "/dev/mapper/" + dmName != lv.dmPath {
+                devices[i].lvmLayer = uuid.count > 69 ? String(uuid.dropFirst(69)) : "internal"
+            }
+        }
     }
 
     /// The device whose node is `path`; see `info(path:)`.

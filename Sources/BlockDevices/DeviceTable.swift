@@ -2,7 +2,7 @@
 /// device, "-" where a device has no value, sizes in binary units.
 public enum DeviceTable {
     /// The column headings, in order.
-    public static let headings = ["NAME", "SIZE", "LOG-SEC", "PHY-SEC", "KIND", "START",
+    public static let headings = ["NAME", "SIZE", "LOG-SEC", "PHY-SEC", "KIND", "LV", "LV-TYPE", "START",
                                   "FSTYPE", "LABEL", "UUID", "MOUNTPOINTS", "HOLDERS"]
     /// Columns holding numbers, aligned right.
     private static let rightAligned: Set<String> = ["SIZE", "LOG-SEC", "PHY-SEC", "START"]
@@ -16,10 +16,26 @@ public enum DeviceTable {
     /// The cells of one device's row, in `headings` order.
     public static func row(_ d: BlockDeviceInfo) -> [String] {
         func cell(_ s: String?) -> String { s.flatMap { $0.isEmpty ? nil : $0 } ?? "-" }
+        let (lv, lvType) = logicalVolumeCells(d)
         return [d.name, humanSize(d.size), String(d.logicalSectorSize), String(d.physicalSectorSize),
-                d.kind.rawValue, cell(d.partition.map { String($0.start) }),
+                d.kind.rawValue, cell(lv), cell(lvType), cell(d.partition.map { String($0.start) }),
                 cell(d.fsType), cell(d.fsLabel), cell(d.fsUUID),
                 cell(d.mountpoints.joined(separator: ",")), cell(d.holders.joined(separator: ","))]
+    }
+
+    /// LV: "VG/LV" (a hidden LV in lvs's brackets, "vg0/[pool_tmeta]"); LV-TYPE:
+    /// linear, striped, thin, snapshot, thin-pool or LVM's own name for others,
+    /// and "[LAYER]" for an LV's internal devices (vg0-root-real: "[real]").
+    /// Without lvs's report, the VG and LV come from the dm name and the type
+    /// is unknown.
+    static func logicalVolumeCells(_ d: BlockDeviceInfo) -> (String?, String?) {
+        guard d.kind == .lvm else { return (nil, nil) }
+        if let lv = d.logicalVolume {
+            let type = lv.segmentType == .other ? lv.segmentTypeName : lv.segmentType.rawValue
+            return ("\(lv.vg)/\(lv.name)", d.lvmLayer.map { "[\($0)]" } ?? type)
+        }
+        guard let split = d.dmName.flatMap(LVMName.splitMapperName) else { return (nil, nil) }
+        return ("\(split.vg)/\(split.lv)", split.layer.map { "[\($0)]" })
     }
 
     /// The table with a heading line, columns separated by two spaces, no

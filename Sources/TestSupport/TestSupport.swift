@@ -292,13 +292,30 @@ public final class DaemonProcess: @unchecked Sendable {
         process = p
         for _ in 0..<200 {
             if !p.isRunning { throw Shell.Failure(command: [Self.binary] + args, result: .init(status: p.terminationStatus, stdout: "", stderr: log())) }
-            if FileManager.default.fileExists(atPath: socket),
-               (try? Shell.run(["python3", "-c", "import socket,sys; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])", socket]).succeeded) == true {
-                return
-            }
+            if FileManager.default.fileExists(atPath: socket), Self.accepts(socket) { return }
             usleep(50_000)
         }
         throw Shell.Failure(command: [Self.binary] + args, result: .init(status: -1, stdout: "", stderr: "socket never answered"))
+    }
+
+    /// Whether a connection to the Unix socket at `path` succeeds (and closes
+    /// it at once). In-process rather than through a python3 one-liner: in the
+    /// LVM VM, starting python costs seconds per poll.
+    static func accepts(_ path: String) -> Bool {
+        let fd = Glibc.socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { return false }
+        defer { close(fd) }
+        var addr = sockaddr_un()
+        addr.sun_family = sa_family_t(AF_UNIX)
+        let bytes = Array(path.utf8)
+        guard bytes.count < MemoryLayout.size(ofValue: addr.sun_path) else { return false }
+        withUnsafeMutableBytes(of: &addr.sun_path) { p in
+            for (i, b) in bytes.enumerated() { p[i] = b }
+            p[bytes.count] = 0
+        }
+        return withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        } == 0
     }
 
     /// The running daemon's process id (nil once stopped), for /proc/PID.

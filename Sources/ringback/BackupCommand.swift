@@ -1,5 +1,6 @@
 import ArgumentParser
 import Backup
+import BlockDevices
 import BlockIO
 import ControlProtocol
 import Foundation
@@ -85,7 +86,14 @@ struct BackupCommand: ParsableCommand {
             runInDaemon()
             return
         }
-        var request = BackupRequest(device: device, target: to)
+        // An LV's name (VG/LV, /dev/VG/LV, /dev/mapper/VG-LV) reads its dm node.
+        let node: String
+        do {
+            node = try LVM().devicePath(for: device)
+        } catch {
+            fail("backup of \(device) failed: \(error)")
+        }
+        var request = BackupRequest(device: node, target: to)
         request.format = format
         request.force = force
         request.options.clusterSize = Int(clusterSize.value)
@@ -126,7 +134,7 @@ extension BackupCommand {
     /// A backup with a bitmap, run by ringbackd.
     func runInDaemon() {
         // The daemon has its own working directory: send absolute paths.
-        var args: [String: JSONValue] = ["device": .string(absolute(device)), "target": .string(absolute(to)),
+        var args: [String: JSONValue] = ["device": .string(deviceArgument(device)), "target": .string(absolute(to)),
                                          "sync": .string(sync ?? "full"), "format": .string(format.rawValue)]
         if let bitmap { args["bitmap"] = .string(bitmap) }
         if let bitmapMode { args["bitmap-mode"] = .string(bitmapMode) }

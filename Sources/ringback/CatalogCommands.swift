@@ -24,7 +24,7 @@ struct ListCommand: ParsableCommand {
 
     func run() {
         var arguments: [String: JSONValue] = ["all": .bool(all)]
-        if let device { arguments["device"] = .string(absolute(device)) }
+        if let device { arguments["device"] = .string(deviceArgument(device)) }
         let reply = daemon.execute("x-query-backups", arguments)
         guard let items = reply.arrayValue else {
             fail("ringbackd's reply to x-query-backups is not a list of backups: \(reply)")

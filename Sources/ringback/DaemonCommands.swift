@@ -1,4 +1,5 @@
 import ArgumentParser
+import BlockDevices
 import ControlProtocol
 import Foundation
 
@@ -28,7 +29,7 @@ struct TrackCommand: ParsableCommand {
     @Argument(help: "The device to track.") var device: String
     @OptionGroup var daemon: DaemonOptions
     func run() {
-        _ = daemon.execute("x-track-start", ["node": .string(absolute(device))])
+        _ = daemon.execute("x-track-start", ["node": .string(deviceArgument(device))])
         if !daemon.json { print("tracking writes to \(device)") } else { print("{}") }
     }
 }
@@ -41,7 +42,7 @@ struct UntrackCommand: ParsableCommand {
     @Argument(help: "The device to stop tracking.") var device: String
     @OptionGroup var daemon: DaemonOptions
     func run() {
-        _ = daemon.execute("x-track-stop", ["node": .string(absolute(device))])
+        _ = daemon.execute("x-track-stop", ["node": .string(deviceArgument(device))])
         if !daemon.json { print("stopped tracking \(device)") } else { print("{}") }
     }
 }
@@ -76,11 +77,19 @@ struct BitmapCommand: ParsableCommand {
     }
 
     func run() {
-        let node = JSONValue.string(absolute(device))
+        let node = JSONValue.string(deviceArgument(device))
         switch action {
         case .list:
             let reply = daemon.execute("query-block")
-            let resolved = URL(fileURLWithPath: absolute(device)).resolvingSymlinksInPath().path
+            // The name ringbackd keys the device by: an LV's dm node as LVM
+            // names it, any other device's path with its links resolved.
+            let resolved: String
+            do {
+                resolved = try LVM().node(for: deviceArgument(device))
+                    ?? URL(fileURLWithPath: absolute(device)).resolvingSymlinksInPath().path
+            } catch {
+                fail("\(error)")
+            }
             let entry = reply.arrayValue?.first { $0["device"]?.stringValue == resolved || $0["node-name"]?.stringValue == resolved }
             let bitmaps = entry?["dirty-bitmaps"]?.arrayValue ?? []
             if daemon.json { print(JSONValue.array(bitmaps)); return }

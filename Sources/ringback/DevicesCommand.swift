@@ -6,7 +6,7 @@ import Foundation
 struct Devices: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "devices",
-        abstract: "List block devices with sizes, sector sizes, kinds, filesystems, mountpoints and holders.")
+        abstract: "List block devices with sizes, sector sizes, kinds, LVM volumes, filesystems, mountpoints and holders.")
 
     @Flag(help: "Print a JSON array (sizes and offsets in bytes) instead of a table.")
     var json = false
@@ -15,7 +15,7 @@ struct Devices: ParsableCommand {
     var all = false
 
     func run() throws {
-        let devices = DeviceTable.visible(try DeviceProbe.all(), all: all)
+        let devices = DeviceTable.visible(try DeviceProbe.all(warn: { warn($0) }), all: all)
         if json {
             let encoder = JSONEncoder()
             encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]

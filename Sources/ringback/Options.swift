@@ -1,4 +1,5 @@
 import ArgumentParser
+import BlockDevices
 import Foundation
 
 /// A byte count given as 65536, 64K, 64KiB, 1M, 2G (binary multiples).
@@ -59,4 +60,11 @@ func formatBytes(_ n: UInt64) -> String {
 /// resolves names in its own.
 func absolute(_ path: String) -> String {
     URL(fileURLWithPath: path).standardizedFileURL.path
+}
+
+/// A device name as ringbackd should get it: an LVM `VG/LV` name as it is
+/// (it is no path, unless a file of that name is here), any other made absolute.
+func deviceArgument(_ name: String) -> String {
+    if LVMName.volumeGroupAndVolume(name) != nil && !FileManager.default.fileExists(atPath: name) { return name }
+    return absolute(name)
 }

@@ -131,7 +131,15 @@ final class Daemon: @unchecked Sendable {
     // MARK: tracking
 
     /// Resolves a node name (path or symlink) to the device path used as key.
+    /// An LV's names (VG/LV, /dev/VG/LV, /dev/mapper/VG-LV, its /dev/dm-N)
+    /// all become its dm node as LVM names it, /dev/mapper/VG-LV: the same on
+    /// every host, with or without udev, and across reboots (dm-N is not).
     func resolve(_ node: String) throws -> String {
+        do {
+            if let lv = try LVM().node(for: node) { return lv }
+        } catch {
+            throw CommandError("\(error)")
+        }
         let url = URL(fileURLWithPath: node).resolvingSymlinksInPath()
         var st = stat()
         guard stat(url.path, &st) == 0 else { throw CommandError("Cannot find device='\(node)' nor node-name='\(node)'") }

@@ -34,9 +34,19 @@ struct DeviceTableTests {
         let out = DeviceTable.render([Self.disk, Self.part])
         let lines = out.split(separator: "\n", omittingEmptySubsequences: false)
         #expect(lines.count == 4 && lines[3].isEmpty)
-        #expect(lines[0] == "NAME      SIZE  LOG-SEC  PHY-SEC  KIND         START  FSTYPE  LABEL  UUID                                  MOUNTPOINTS    HOLDERS")
-        #expect(lines[1] == "loop3    64.0M     4096     4096  loop             -  -       -      -                                     -              -")
-        #expect(lines[2] == "loop3p1  10.0M     4096     4096  partition  1048576  ext4    data   0b1d7c8e-2d4b-4f5e-9a7e-3c1f2e6d5a40  /mnt/a,/mnt/b  -")
+        #expect(lines[0] == "NAME      SIZE  LOG-SEC  PHY-SEC  KIND       LV  LV-TYPE    START  FSTYPE  LABEL  UUID                                  MOUNTPOINTS    HOLDERS")
+        #expect(lines[1] == "loop3    64.0M     4096     4096  loop       -   -              -  -       -      -                                     -              -")
+        #expect(lines[2] == "loop3p1  10.0M     4096     4096  partition  -   -        1048576  ext4    data   0b1d7c8e-2d4b-4f5e-9a7e-3c1f2e6d5a40  /mnt/a,/mnt/b  -")
+    }
+
+    /// An LV's row says its VG/LV and type.
+    @Test func anLVRowHasItsVolumeAndType() throws {
+        let lv = try #require(try LVSReport.parse(LVMCapture.one).first)
+        let d = BlockDeviceInfo(name: "dm-1", path: "/dev/dm-1", major: 253, minor: 1, size: 8 << 20,
+                                logicalSectorSize: 512, physicalSectorSize: 512, kind: .lvm,
+                                dmName: "my--vg-data--lv", dmUUID: lv.dmUUID, holders: [], logicalVolume: lv)
+        let lines = DeviceTable.render([Self.disk, d]).split(separator: "\n")
+        #expect(lines[2] == "dm-1    8.0M      512      512  lvm   my-vg/data-lv  linear       -  -       -      -     -            -")
     }
 
     @Test func hidesUnattachedLoopsUnlessAll() {
@@ -54,7 +64,8 @@ struct DeviceTableTests {
         #expect(keys[0] == keys[1])
         #expect(keys[0] == ["name", "path", "major", "minor", "size", "logicalSectorSize", "physicalSectorSize",
                             "kind", "readOnly", "partition", "loopBackingFile", "dmName", "dmUUID",
-                            "fsType", "fsUUID", "fsLabel", "mountpoints", "holders", "slaves"])
+                            "fsType", "fsUUID", "fsLabel", "mountpoints", "holders", "slaves",
+                            "logicalVolume", "lvmLayer"])
         #expect(objects[0]["fsType"] is NSNull)
         #expect(objects[1]["size"] as? Int == 10 << 20)
         #expect((objects[1]["partition"] as? [String: Any])?["start"] as? Int == 1 << 20)
