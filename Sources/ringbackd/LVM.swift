@@ -1,41 +1,12 @@
+import BlockDevices
 import ControlProtocol
 import Foundation
 
-/// The LVM command-line tools, as ringbackd uses them for snapshots and
-/// thin-delta (DESIGN §5): `lvs --reportformat json` for what a volume is,
-/// `lvcreate --snapshot` and `lvremove` for snapshots, `dmsetup message` and
-/// `thin_delta` for the changes between two thin snapshots.
-enum LVM {
-    /// What `lvs` says of one logical volume.
-    struct Volume: Equatable {
-        var vg: String
-        var name: String
-        var size: UInt64
-        /// "linear", "striped", "thin", "snapshot", "thin-pool", …
-        var segmentType: String
-        /// The thin pool of a thin volume.
-        var pool: String?
-        var origin: String?
-        var thinID: Int?
-        var attributes: String
-        /// Percent of a classic snapshot's COW space in use.
-        var snapshotPercent: Double?
-
-        var fullName: String { "\(vg)/\(name)" }
-        var isThin: Bool { segmentType == "thin" }
-        /// `lv_attr` position 5 is the state: `I` an invalid snapshot (its COW
-        /// space filled up), `S` a merging or suspended one.
-        var isInvalidSnapshot: Bool {
-            let a = Array(attributes)
-            return a.count > 4 && (a[4] == "I" || a[4] == "S") && a[0] == "s"
-        }
-        var path: String { "/dev/\(vg)/\(name)" }
-        /// The device-mapper name: dashes inside names are doubled.
-        static func mapperName(_ vg: String, _ lv: String) -> String {
-            vg.replacingOccurrences(of: "-", with: "--") + "-" + lv.replacingOccurrences(of: "-", with: "--")
-        }
-    }
-
+/// The LVM command-line tools as ringbackd's snapshots use them (DESIGN §5):
+/// `lvcreate --snapshot` and `lvremove`, `vgs` for free space, and `dmsetup
+/// message` with `thin_delta` for the changes between two thin snapshots.
+/// What a volume is comes from BlockDevices' `LVM` (`lvs --reportformat json`).
+enum LVMTools {
     struct Failure: Error, CustomStringConvertible {
         var description: String
     }
@@ -91,22 +62,22 @@ enum LVM {
         var done: Bool { lock.withLock { isDone } }
     }
 
-    static let reportFields = "vg_name,lv_name,lv_size,segtype,pool_lv,origin,thin_id,lv_attr,snap_percent"
-
-    /// The volume at a path (`/dev/VG/LV`, `/dev/mapper/…`, `/dev/dm-N`) or
-    /// named `VG/LV`.
-    static func volume(_ name: String) throws -> Volume {
-        let text = try run("lvs", ["--reportformat", "json", "--units", "b", "--nosuffix", "-o", reportFields, name])
-        let volumes = try parseReport(text)
-        guard let v = volumes.first, volumes.count == 1 else {
-            throw Failure(description: "\(name) is not one logical volume (lvs reported \(volumes.count))")
+    /// The volume `name` names (`VG/LV` or a node of it), as lvs reports it.
+    static func volume(_ name: String) throws -> LogicalVolume {
+        guard let v = try BlockDevices.LVM().volume(named: name) else {
+            throw Failure(description: "\(name) is not an LVM logical volume")
         }
         return v
     }
 
     /// Whether a volume of that name exists in the VG.
     static func exists(_ vg: String, _ lv: String) -> Bool {
-        (try? run("lvs", ["--reportformat", "json", "-o", "lv_name", "\(vg)/\(lv)"])) != nil
+        (try? BlockDevices.LVM().volume(vg: vg, lv: lv)) != nil
+    }
+
+    /// The device-mapper name: dashes inside names are doubled.
+    static func mapperName(_ vg: String, _ lv: String) -> String {
+        vg.replacingOccurrences(of: "-", with: "--") + "-" + lv.replacingOccurrences(of: "-", with: "--")
     }
 
     /// Bytes free in a volume group.
@@ -120,32 +91,13 @@ enum LVM {
         return free
     }
 
-    /// Parses `lvs --reportformat json --units b --nosuffix -o reportFields`.
-    static func parseReport(_ text: String) throws -> [Volume] {
-        guard let data = text.data(using: .utf8),
-              let json = try? JSONSerialization.jsonObject(with: data) as? [String: Any],
-              let reports = json["report"] as? [[String: Any]]
-        else { throw Failure(description: "cannot parse lvs's JSON report") }
-        return try reports.flatMap { report -> [Volume] in
-            try ((report["lv"] as? [[String: String]]) ?? []).map { row in
-                guard let vg = row["vg_name"], let name = row["lv_name"], let size = row["lv_size"].flatMap({ UInt64($0) })
-                else { throw Failure(description: "lvs's report lacks vg_name, lv_name or lv_size") }
-                func optional(_ key: String) -> String? { row[key].flatMap { $0.isEmpty ? nil : $0 } }
-                return Volume(vg: vg, name: name, size: size, segmentType: row["segtype"] ?? "",
-                              pool: optional("pool_lv"), origin: optional("origin"),
-                              thinID: optional("thin_id").flatMap { Int($0) }, attributes: row["lv_attr"] ?? "",
-                              snapshotPercent: optional("snap_percent").flatMap { Double($0) })
-            }
-        }
-    }
-
     // MARK: thin-delta
 
     /// The byte ranges that differ between two thin volumes of one pool
     /// (`thin_delta` on a reserved metadata snapshot of the live pool).
     static func thinDelta(pool vg: String, _ pool: String, from oldID: Int, to newID: Int) throws -> [(offset: UInt64, length: UInt64)] {
-        let tpool = "/dev/mapper/" + Volume.mapperName(vg, pool) + "-tpool"
-        let tmeta = "/dev/mapper/" + Volume.mapperName(vg, pool + "_tmeta")
+        let tpool = "/dev/mapper/" + mapperName(vg, pool) + "-tpool"
+        let tmeta = "/dev/mapper/" + mapperName(vg, pool + "_tmeta")
         try run("dmsetup", ["message", tpool, "0", "reserve_metadata_snap"])
         defer { _ = try? run("dmsetup", ["message", tpool, "0", "release_metadata_snap"]) }
         let xml = try run("thin_delta", ["-m", "--snap1", String(oldID), "--snap2", String(newID), tmeta])

@@ -1,3 +1,4 @@
+import BlockDevices
 import BlockIO
 import ControlProtocol
 import DirtyBitmaps
@@ -22,13 +23,15 @@ final class LVMSnapshotAction: TransactionAction {
     private let arguments: Arguments
     private unowned let daemon: Daemon
     /// The origin volume (set in prepare).
-    private(set) var origin: LVM.Volume?
+    private(set) var origin: LogicalVolume?
     private(set) var originPath: String?
     private var name = ""
     private var size: UInt64?
     private var keep = false
     /// The snapshot, once commit made it.
-    private(set) var snapshot: LVM.Volume?
+    private(set) var snapshot: LogicalVolume?
+    /// The snapshot's node, which the backups read.
+    private var snapshotPath: String?
     /// Why commit could not make it.
     private(set) var failure: String?
     /// The backup jobs that read the snapshot and have not ended yet.
@@ -49,26 +52,27 @@ final class LVMSnapshotAction: TransactionAction {
         try a.allow(["device", "snapshot-name", "size", "x-keep"])
         let device = try a.string("device")
         let path = try daemon.resolve(device)
-        let volume: LVM.Volume
-        do { volume = try LVM.volume(path) } catch {
+        let volume: LogicalVolume
+        do { volume = try LVMTools.volume(path) } catch {
             throw CommandError("x-lvm-snapshot: \(device) is not an LVM logical volume: \(error)")
         }
-        guard !["snapshot", "thin-pool", "cache-pool", "vdo-pool"].contains(volume.segmentType), volume.origin == nil || volume.isThin
-        else {
-            throw CommandError("x-lvm-snapshot: \(volume.fullName) is a \(volume.segmentType) volume; snapshot its origin instead")
+        let isThin = volume.segmentType == .thin
+        guard [.linear, .striped, .thin].contains(volume.segmentType) else {
+            throw CommandError("x-lvm-snapshot: \(volume.fullName) is a \(volume.segmentTypeName) volume"
+                               + (volume.segmentType == .snapshot ? "; snapshot its origin instead" : ", which ringback cannot snapshot"))
         }
         keep = try a.optionalBool("x-keep") ?? false
-        if keep && !volume.isThin {
-            throw CommandError("x-lvm-snapshot: 'x-keep' needs a thin volume (thin_delta compares thin snapshots); \(volume.fullName) is \(volume.segmentType)")
+        if keep && !isThin {
+            throw CommandError("x-lvm-snapshot: 'x-keep' needs a thin volume (thin_delta compares thin snapshots); \(volume.fullName) is \(volume.segmentTypeName)")
         }
         name = try a.optionalString("snapshot-name") ?? "\(volume.name)-rb-\(Self.stamp())"
         guard !name.isEmpty, name.count <= 120, name.allSatisfy({ $0.isLetter || $0.isNumber || "+_.-".contains($0) }),
               !name.hasPrefix("-")
         else { throw CommandError("x-lvm-snapshot: '\(name)' is not a valid LV name (letters, digits, + _ . -)") }
-        guard !LVM.exists(volume.vg, name) else {
+        guard !LVMTools.exists(volume.vg, name) else {
             throw CommandError("x-lvm-snapshot: a logical volume \(volume.vg)/\(name) exists already")
         }
-        if volume.isThin {
+        if isThin {
             if a.values["size"] != nil {
                 throw CommandError("x-lvm-snapshot: \(volume.fullName) is thin and gets a thin snapshot, which takes no 'size'")
             }
@@ -77,7 +81,7 @@ final class LVMSnapshotAction: TransactionAction {
                 guard s > 0 else { throw CommandError("Parameter 'size' expects a positive number of bytes") }
                 return UInt64(s)
             } ?? max(volume.size / 5, 32 << 20)
-            let free = try LVM.freeBytes(vg: volume.vg)
+            let free = try LVMTools.freeBytes(vg: volume.vg)
             guard wanted <= free else {
                 throw CommandError("x-lvm-snapshot: volume group \(volume.vg) has \(free >> 20) MiB free, "
                                    + "less than the \(wanted >> 20) MiB COW space asked for the snapshot of \(volume.fullName)")
@@ -99,8 +103,9 @@ final class LVMSnapshotAction: TransactionAction {
         if let size { args += ["-L", "\(size)b"] } else { args += ["--setactivationskip", "n"] }
         args.append(origin.fullName)
         do {
-            try LVM.run("lvcreate", args)
-            snapshot = try LVM.volume("\(origin.vg)/\(name)")
+            try LVMTools.run("lvcreate", args)
+            snapshot = try LVMTools.volume("\(origin.vg)/\(name)")
+            snapshotPath = try BlockDevices.LVM().node(of: snapshot!)
             log("snapshot \(origin.vg)/\(name) of \(origin.fullName) created")
         } catch {
             failure = "cannot create the snapshot \(origin.vg)/\(name) of \(origin.fullName): \(error)"
@@ -112,8 +117,8 @@ final class LVMSnapshotAction: TransactionAction {
     /// The path the backups read, or why there is none.
     func source() throws -> String {
         if let failure { throw CommandError(failure) }
-        guard let snapshot else { throw CommandError("the snapshot of \(origin?.fullName ?? "?") was not created") }
-        return snapshot.path
+        guard let snapshotPath else { throw CommandError("the snapshot of \(origin?.fullName ?? "?") was not created") }
+        return snapshotPath
     }
 
     /// A backup job of the transaction reads the snapshot.
@@ -126,8 +131,8 @@ final class LVMSnapshotAction: TransactionAction {
     /// that the snapshot explains: its COW space filled up.
     func jobEnded(_ work: BackupWork, succeeded: Bool) -> String? {
         var overflow: String?
-        if !succeeded, let snapshot, !snapshot.isThin,
-           let now = try? LVM.volume(snapshot.fullName), now.isInvalidSnapshot || (now.snapshotPercent ?? 0) >= 100 {
+        if !succeeded, let snapshot, snapshot.segmentType == .snapshot,
+           let now = try? LVMTools.volume(snapshot.fullName), now.isInvalidSnapshot || (now.dataPercent ?? 0) >= 100 {
             overflow = "the snapshot \(snapshot.fullName) of \(origin?.fullName ?? "?") ran out of its "
                 + "\((size ?? 0) >> 20) MiB COW space during the backup (writes to the volume outpaced the copy); "
                 + "give x-lvm-snapshot a larger 'size'"
@@ -150,7 +155,7 @@ final class LVMSnapshotAction: TransactionAction {
     /// The kept snapshot whose thin_delta against this one gives the changes
     /// since `previous`, the image an incremental builds on.
     func base(for previous: String) -> SnapshotRecords.Record? {
-        guard let originPath, origin?.isThin == true else { return nil }
+        guard let originPath, origin?.segmentType == .thin else { return nil }
         return SnapshotRecords.load(daemon.state).first { $0.origin == originPath && $0.base?.image == previous }
     }
 
@@ -160,13 +165,13 @@ final class LVMSnapshotAction: TransactionAction {
             throw CommandError("thin_delta needs two thin snapshots of one pool")
         }
         do {
-            return try LVM.thinDelta(pool: origin.vg, pool, from: oldID, to: newID).map { Extent(offset: $0.offset, length: $0.length) }
+            return try LVMTools.thinDelta(pool: origin.vg, pool, from: oldID, to: newID).map { Extent(offset: $0.offset, length: $0.length) }
         } catch {
             throw CommandError("thin_delta between \(base.vg)/\(base.name) and \(snapshot.fullName) failed: \(error)")
         }
     }
 
-    private func keepAsBase(_ snapshot: LVM.Volume, thinID: Int, image: String) {
+    private func keepAsBase(_ snapshot: LogicalVolume, thinID: Int, image: String) {
         // The previous base of this volume is done with: the new one follows the newest image.
         let older = SnapshotRecords.load(daemon.state).filter { $0.origin == originPath && $0.base != nil && $0.name != snapshot.name }
         for r in older { SnapshotRecords.removeVolume(r, state: daemon.state) }
@@ -240,9 +245,9 @@ enum SnapshotRecords {
 
     /// Removes the volume (if it is still there) and its record.
     static func removeVolume(_ record: Record, state: StateFiles) {
-        if LVM.exists(record.vg, record.name) {
+        if LVMTools.exists(record.vg, record.name) {
             do {
-                try LVM.run("lvremove", ["-q", "-f", "\(record.vg)/\(record.name)"])
+                try LVMTools.run("lvremove", ["-q", "-f", "\(record.vg)/\(record.name)"])
                 log("snapshot \(record.vg)/\(record.name) removed")
             } catch {
                 log("cannot remove snapshot \(record.vg)/\(record.name): \(error); it stays recorded and is retried at the next start")

@@ -7,20 +7,12 @@ import TestSupport
 /// the `x-lvm-snapshot` transaction action (classic and thin), the COW
 /// overflow failure, and thin_delta incrementals across a reboot.
 /// Runs only inside the VM (scripts/lvm-vm.sh); the host suite boots it.
-@Suite(.enabled(if: LVMEnvironment.inGuest, "runs inside the LVM VM (scripts/lvm-vm.sh), started by the host's LVMVMTests"),
-       .serialized)
-struct SnapshotGuestTests {
+extension GuestTests {
+@Suite struct Snapshots {
     typealias Write = QemuIncrementalScenario.Write
 
-    /// A volume group over the VM's blank disks, made once per guest run.
-    static let vg: String = {
-        let name = "rbtest"
-        if (try? Shell.run(["vgs", name]).succeeded) != true {
-            _ = try? Shell.check(["pvcreate", "-q", "-y", "/dev/vda", "/dev/vdb"])
-            _ = try? Shell.check(["vgcreate", "-q", name, "/dev/vda", "/dev/vdb"])
-        }
-        return name
-    }()
+    /// The guest's volume group (LVMGuest makes it once, on the VM's blank disks).
+    static var vg: String { get throws { try LVMGuest.volumeGroup() } }
 
     /// Creates a volume; removed (with any snapshot of it) when the test ends.
     final class Volume: @unchecked Sendable {
@@ -32,7 +24,7 @@ struct SnapshotGuestTests {
         var full: String { "\(vg)/\(name)" }
 
         init(_ name: String, size: String, thinPool: String? = nil) throws {
-            vg = SnapshotGuestTests.vg
+            vg = try Snapshots.vg
             self.name = name
             _ = try? Shell.run(["lvremove", "-q", "-f", "\(vg)/\(name)"])
             if let thinPool {
@@ -293,4 +285,5 @@ struct SnapshotGuestTests {
             try volume.write([UInt8](repeating: 0xef, count: 512), at: 40 << 20)
         }
     }
+}
 }
