@@ -46,13 +46,16 @@ public struct BackupPlan: Equatable, Sendable {
     public let newChainEvery: TimeSpan?
     /// Chains kept per device; older ones are deleted. nil: no limit.
     public let keepChains: Int?
+    /// LVs are read from an LVM snapshot made at the run's point in time
+    /// (`x-lvm-snapshot`; thin LVs keep it as the next run's thin-delta base).
+    public let lvmSnapshot: Bool
     /// The line of the plan's table header.
     public let line: Int
 
     public init(name: String, devices: [Device], repository: String, schedule: Schedule, bitmap: String? = nil,
                 format: Format = .qcow2, compression: Compression = .none, consistency: Consistency = .none,
                 speedLimit: UInt64 = 0, keepIncrementals: Int? = nil, newChainEvery: TimeSpan? = nil,
-                keepChains: Int? = nil, line: Int = 0) {
+                keepChains: Int? = nil, lvmSnapshot: Bool = false, line: Int = 0) {
         self.name = name
         self.devices = devices
         self.repository = repository
@@ -65,6 +68,7 @@ public struct BackupPlan: Equatable, Sendable {
         self.keepIncrementals = keepIncrementals
         self.newChainEvery = newChainEvery
         self.keepChains = keepChains
+        self.lvmSnapshot = lvmSnapshot
         self.line = line
     }
 

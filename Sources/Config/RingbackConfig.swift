@@ -78,7 +78,7 @@ struct ConfigChecker {
     var problems: [ConfigError.Problem] = []
 
     static let planKeys = ["devices", "repository", "schedule", "bitmap", "format", "compression", "consistency",
-                           "speed-limit", "keep-incrementals", "new-chain-every", "keep-chains"]
+                           "speed-limit", "keep-incrementals", "new-chain-every", "keep-chains", "lvm-snapshot"]
     static let daemonKeys = ["hooks-dir", "hook-timeout", "freeze-timeout", "group"]
     static let metricsKeys = ["listen", "textfile"]
 
@@ -266,6 +266,7 @@ struct ConfigChecker {
         var speed: UInt64 = 0
         var keepIncrementals: Int?, keepChains: Int?
         var newChainEvery: TimeSpan?
+        var lvmSnapshot = false
         var lines: [String: Int] = [:]
         for e in table.entries {
             let path = table.keyPath(e.key)
@@ -300,6 +301,12 @@ struct ConfigChecker {
             case "keep-incrementals": keepIncrementals = integer(e, path, atLeast: 0)
             case "keep-chains": keepChains = integer(e, path, atLeast: 1)
             case "new-chain-every": newChainEvery = duration(e, path, minimum: 60)
+            case "lvm-snapshot":
+                guard case .boolean(let b) = e.value else {
+                    fail(e.line, path, "expected true or false, got \(e.value.written)")
+                    continue
+                }
+                lvmSnapshot = b
             default: unknownKey(e, in: table, known: Self.planKeys)
             }
         }
@@ -326,7 +333,7 @@ struct ConfigChecker {
         return BackupPlan(name: name, devices: devices, repository: repository, schedule: schedule, bitmap: bitmap,
                           format: format, compression: compression, consistency: consistency, speedLimit: speed,
                           keepIncrementals: keepIncrementals, newChainEvery: newChainEvery, keepChains: keepChains,
-                          line: table.line)
+                          lvmSnapshot: lvmSnapshot, line: table.line)
     }
 
     private mutating func planDevices(_ e: TOMLEntry, _ path: String) -> [BackupPlan.Device]? {

@@ -1,3 +1,4 @@
+import BlockDevices
 import Backup
 import Catalog
 import Config
@@ -229,6 +230,11 @@ final class PlanRun {
             if plan.compression == .zstd { data["compress"] = .bool(true) }
             if plan.speedLimit > 0 { data["speed"] = .int(Int64(plan.speedLimit)) }
             if plan.consistency == .converge { data["auto-complete"] = .bool(true) }
+            if plan.lvmSnapshot, let lv = try? BlockDevices.LVM().volume(named: s.path) {
+                var snapshot: [String: JSONValue] = ["device": .string(s.path)]
+                if lv.segmentType == .thin { snapshot["x-keep"] = .bool(true) }
+                actions.append(.object(["type": .string("x-lvm-snapshot"), "data": .object(snapshot)]))
+            }
             actions.append(.object(["type": .string("drive-backup"), "data": .object(data)]))
         }
         var arguments: [String: JSONValue] = ["actions": .array(actions)]

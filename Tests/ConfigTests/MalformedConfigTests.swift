@@ -38,6 +38,7 @@ import Testing
     static let planCases: [Case] = [
         planCase(#"keep-chains = "two""#, key: "plan.nightly.keep-chains", #"expected an integer ≥ 1, got "two""#),
         planCase("keep-chains = 0", key: "plan.nightly.keep-chains", "expected an integer ≥ 1, got 0"),
+        planCase(#"lvm-snapshot = "yes""#, key: "plan.nightly.lvm-snapshot", #"expected true or false, got "yes""#),
         planCase("keep-incrementals = -1", key: "plan.nightly.keep-incrementals", "expected an integer ≥ 0, got -1"),
         planCase("keep-incrementals = true", key: "plan.nightly.keep-incrementals", "expected an integer ≥ 0, got true"),
         planCase("keep-chain = 2", key: "plan.nightly.keep-chain", "unknown key; did you mean 'keep-chains'?"),

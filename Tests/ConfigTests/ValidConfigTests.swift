@@ -39,6 +39,7 @@ import Testing
             keep-incrementals = 7
             new-chain-every = "7d"
             keep-chains = 2
+            lvm-snapshot = true
 
             [plan."raw-weekly"]
             devices = ["/dev/disk/by-id/ata-SAMSUNG_SSD_123"]
@@ -68,12 +69,14 @@ import Testing
         #expect(n.keepIncrementals == 7 && n.keepChains == 2)
         #expect(n.newChainEvery.map(\.seconds) == 604_800)
         #expect(n.line == 12)
+        #expect(n.lvmSnapshot)
 
         let r = try #require(config.plan(named: "raw-weekly"))
         #expect(r.devices.map(\.id) == ["ata-SAMSUNG_SSD_123"])
         #expect(r.format == .raw && r.speedLimit == 1 << 20)
         #expect(r.bitmap == "plan-raw-weekly")
         #expect(r.keepIncrementals == nil && r.keepChains == nil && r.newChainEvery == nil)
+        #expect(!r.lvmSnapshot)
     }
 
     @Test("defaults: a plan needs only devices, repository and schedule")
