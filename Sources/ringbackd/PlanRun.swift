@@ -131,7 +131,9 @@ final class PlanRun {
             reason = "the newest chain \(chain) holds no full backup"
         } else if bitmap == nil {
             reason = "the bitmap '\(plan.bitmap)' is not on \(device.name) (its first run, or the bitmap was removed)"
-        } else if bitmap!.isInconsistent {
+        } else if bitmap!.isInconsistent && !(plan.lvmSnapshot && hasThinDeltaBase(path, newest: images.last)) {
+            // (With a kept thin snapshot of the newest image, thin_delta
+            // gives the changes and re-arms the bitmap: no full backup needed.)
             reason = "the bitmap '\(plan.bitmap)' on \(device.name) is inconsistent: writes may have been missed"
         } else if host.isUnsynced(plan: plan.name, device: device.id) {
             reason = "the bitmap '\(plan.bitmap)' on \(device.name) was made by a run whose full backup did not complete"
@@ -207,6 +209,12 @@ final class PlanRun {
             steps[i].chain = chain
             steps[i].madeChain = true
         }
+    }
+
+    /// Whether ringbackd kept a thin snapshot holding `newest`'s contents.
+    private func hasThinDeltaBase(_ path: String, newest: String?) -> Bool {
+        guard let newest else { return false }
+        return SnapshotRecords.load(daemon.state).contains { $0.origin == path && $0.base?.image == newest }
     }
 
     // MARK: the transaction

@@ -285,5 +285,44 @@ extension GuestTests {
             try volume.write([UInt8](repeating: 0xef, count: 512), at: 40 << 20)
         }
     }
+
+    /// A plan with `lvm-snapshot = true` on a thin LV: its runs read
+    /// snapshots, and after a reboot the next run is an incremental from
+    /// thin_delta (not a new full backup), equal to the LV.
+    @Test func aPlanOnAThinLVSurvivesAReboot() throws {
+        let dir = try TemporaryDirectory()
+        let volume = try Volume("planvol", size: "32M", thinPool: "pool")
+        try volume.write([UInt8](repeating: 0x44, count: 4 << 20), at: 0)
+        let repo = dir.file("repo")
+        try FileManager.default.createDirectory(atPath: repo, withIntermediateDirectories: true)
+        let config = dir.file("ringback.toml")
+        try """
+            [plan.lv]
+            devices = ["\(volume.full)"]
+            repository = "\(repo)"
+            schedule = "every 1d"
+            lvm-snapshot = true
+            """.write(toFile: config, atomically: true, encoding: .utf8)
+        let bootID = dir.file("boot_id")
+        try "33333333-3333-3333-3333-333333333333\n".write(toFile: bootID, atomically: true, encoding: .utf8)
+        let daemon = try DaemonProcess(in: dir, bootIDFile: bootID, extraArguments: ["--config", config])
+        defer { daemon.stop() }
+        var r = try daemon.ringback(["plan", "run", "lv"])
+        #expect(r.status == 0, "first run: \(r.stdout)\(r.stderr)")
+        daemon.stop()
+        try volume.write([UInt8](repeating: 0x45, count: 4096), at: 20 << 20)
+        try "44444444-4444-4444-4444-444444444444\n".write(toFile: bootID, atomically: true, encoding: .utf8)
+        try daemon.start()
+        r = try daemon.ringback(["plan", "run", "lv"])
+        #expect(r.status == 0, "run after the reboot: \(r.stdout)\(r.stderr)\n\(daemon.log())")
+        let chains = try FileManager.default.contentsOfDirectory(atPath: repo + "/" + volume.full.replacingOccurrences(of: "/", with: "-"))
+        #expect(chains.count == 1, "the reboot started a new chain: \(chains)")
+        let chain = repo + "/" + volume.full.replacingOccurrences(of: "/", with: "-") + "/" + (chains.first ?? "")
+        let all = images(chain)
+        #expect(all.count == 2 && all.last?.contains("-inc-") == true, "\(all)")
+        for image in all { try QemuImg.check(image) }
+        #expect(try QemuImg.identical(try #require(all.last), volume.path))
+        #expect(try volume.snapshots().count == 1, "exactly the newest base should remain")
+    }
 }
 }
