@@ -242,6 +242,11 @@ public struct LVM: Sendable {
         group.wait()
         p.waitUntilExit()
         killer.cancel()
+        // Closed here, not left to Foundation: a daemon resolving names for
+        // months must not keep two descriptors per lvs run.
+        for handle in [out.fileHandleForReading, out.fileHandleForWriting, err.fileHandleForReading, err.fileHandleForWriting] {
+            try? handle.close()
+        }
         if p.terminationReason == .uncaughtSignal {
             throw LVMError(.commandFailed, name: name, reason: "lvs did not finish within \(Int(timeout)) s (another LVM command holding the volume group's lock?)")
         }

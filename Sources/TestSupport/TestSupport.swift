@@ -279,6 +279,13 @@ public final class DaemonProcess: @unchecked Sendable {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: Self.binary)
         var args = ["--socket", socket, "--state-dir", stateDir]
+        // A test's daemon never reads the host's /etc/ringback/ringback.toml
+        // (an installed package's plans would run in it): an empty one of its own.
+        if !extraArguments.contains("--config") {
+            let empty = directory.file("ringback-empty.toml")
+            if !FileManager.default.fileExists(atPath: empty) { _ = FileManager.default.createFile(atPath: empty, contents: Data()) }
+            args += ["--config", empty]
+        }
         if let bootIDFile { args += ["--boot-id-file", bootIDFile] }
         p.arguments = args + extraArguments
         if !FileManager.default.fileExists(atPath: logPath) {

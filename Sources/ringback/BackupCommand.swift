@@ -75,6 +75,15 @@ struct BackupCommand: ParsableCommand {
                                valueName: "mode"))
     var consistency: String?
 
+    @Flag(help: "Through ringbackd: read an LVM snapshot of the LV made at the backup's point in time (x-lvm-snapshot).")
+    var lvmSnapshot = false
+
+    @Option(help: "With --lvm-snapshot on a classic LV: copy-on-write space (e.g. 2G; default a fifth of the LV).")
+    var snapshotSize: ByteCount?
+
+    @Flag(help: "With --lvm-snapshot on a thin LV: keep the snapshot as the base of the next thin-delta incremental.")
+    var keepSnapshot = false
+
     @Option(help: "ringbackd's control socket (default: $RINGBACK_SOCKET or /run/ringback/qmp.sock).")
     var socket: String = QMP.socketPath
 
@@ -82,7 +91,7 @@ struct BackupCommand: ParsableCommand {
     var json = false
 
     func run() throws {
-        if sync != nil || bitmap != nil || rescan || consistency != nil {
+        if sync != nil || bitmap != nil || rescan || consistency != nil || lvmSnapshot {
             runInDaemon()
             return
         }
@@ -151,7 +160,17 @@ extension BackupCommand {
         let client: QMPClient
         do {
             client = try QMPClient(path: socket)
-            try client.execute("drive-backup", args)
+            if lvmSnapshot {
+                var snapshot: [String: JSONValue] = ["device": args["device"]!]
+                if let snapshotSize { snapshot["size"] = .int(Int64(snapshotSize.value)) }
+                if keepSnapshot { snapshot["x-keep"] = .bool(true) }
+                try client.execute("transaction", ["actions": .array([
+                    .object(["type": .string("x-lvm-snapshot"), "data": .object(snapshot)]),
+                    .object(["type": .string("drive-backup"), "data": .object(args)]),
+                ])])
+            } else {
+                try client.execute("drive-backup", args)
+            }
         } catch {
             fail("\(error)")
         }

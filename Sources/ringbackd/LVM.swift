@@ -41,6 +41,9 @@ enum LVMTools {
         let output = out.fileHandleForReading.readDataToEndOfFile()
         process.waitUntilExit()
         while !errorData.done { usleep(1000) }
+        for handle in [out.fileHandleForReading, out.fileHandleForWriting, err.fileHandleForReading, err.fileHandleForWriting] {
+            try? handle.close()
+        }
         guard process.terminationStatus == 0 else {
             let said = String(decoding: errorData.value ?? Data(), as: UTF8.self)
                 .split(separator: "\n").map { $0.trimmingCharacters(in: .whitespaces) }.joined(separator: "; ")

@@ -516,9 +516,14 @@ class Fuzz:
         probe.ask()
         background = BackgroundProbe(a.socket)
         main = Connection(a.socket)
-        # Settle the daemon: first use of each path allocates for good.
+        # Settle the daemon: first use of each path allocates for good. A
+        # VG/LV-shaped node name makes ringbackd run lvs once: the first
+        # child process starts Foundation's reaper thread for good.
         for _ in range(3):
             self.split_valid(main, probe)
+        main.send(json.dumps({"execute": "block-dirty-bitmap-add",
+                              "arguments": {"node": "fuzz-warmup-vg/lv", "name": "w"}}).encode())
+        main.receive()
         start = self.sample("before")
         base_rss, base_threads, base_fds = kib(start, "VmRSS"), int(start["Threads"]), open_fds(a.pid)
         try:        # peak RSS from here on (root only; proc(5) clear_refs)
