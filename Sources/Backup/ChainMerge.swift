@@ -59,8 +59,8 @@ public struct ChainMergeHooks: @unchecked Sendable {
     /// is about to be given up (the catalog marks it non-restorable here).
     /// Also called before an interrupted merge is redone. Must be idempotent.
     public var beforeWriting: (ChainMergeStep) throws -> Void = { _ in }
-    /// The files are in their final places; called before the journal goes,
-    /// so an interrupted call is repeated. Must be idempotent.
+    /// The merged full is in place under its new name (the old files are
+    /// still there); an interrupted call is repeated. Must be idempotent.
     public var afterMerge: (ChainMergeStep, _ imageSize: UInt64) throws -> Void = { _, _ in }
     /// Named points of the merge as each becomes durable (tests end the
     /// process there to prove that a crash at that point loses nothing).
@@ -96,8 +96,10 @@ public struct ChainMergeHooks: @unchecked Sendable {
 ///   so `0001-inc-T1` (whose backing is the old name) is still whole.
 /// - Each image that named `0001` as its backing file is re-pointed at the new
 ///   name in one header-sector write; it reads the same bytes either way.
+/// - The catalog is told (`afterMerge`): T1's backup now names the new file,
+///   which exists, as does the old one.
 /// - Only then are `0001` and the old name removed (no image refers to them),
-///   the catalog told (`afterMerge`), and the journal removed.
+///   and the journal last.
 ///
 /// A backup into the chain, another merge or a retention run must not overlap
 /// a merge: the folder is locked (flock) for its duration, a folder holding a
@@ -235,16 +237,18 @@ public enum ChainMerge {
         hooks.checkpoint("linked")
         let relinked = try relink(chain, from: step.incrementalPath, to: step.merged)
         hooks.checkpoint("relinked")
+        // The catalog moves the incremental's backup to the merged image
+        // while both names exist, so no restorable record names a gone file.
+        var st = stat()
+        let size = stat(step.mergedPath, &st) == 0 ? UInt64(st.st_size) : 0
+        try hooks.afterMerge(step, size)
+        hooks.checkpoint("recorded")
         for image in [step.incrementalPath, step.fullPath] where image != step.mergedPath {
             try remove(image)
             try remove(DigestFile.path(forImage: image))
         }
         syncDirectory(step.chain)
         hooks.checkpoint("removed")
-        var st = stat()
-        let size = stat(step.mergedPath, &st) == 0 ? UInt64(st.st_size) : 0
-        try hooks.afterMerge(step, size)
-        hooks.checkpoint("recorded")
         try remove(journalPath(chain))
         syncDirectory(step.chain)
         return ChainMergeSummary(chain: step.chain, retired: step.fullPath, incremental: step.incrementalPath,

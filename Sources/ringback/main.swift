@@ -9,7 +9,8 @@ struct Ringback: ParsableCommand {
         version: "0.1.0",
         subcommands: [BackupCommand.self, RestoreCommand.self, VerifyCommand.self, Devices.self, BenchCommand.self,
                       TrackCommand.self, UntrackCommand.self, BitmapCommand.self, QMPCommand.self,
-                      JobsCommand.self, JobCommand.self, TransactionCommand.self, ListCommand.self, ShowCommand.self]
+                      JobsCommand.self, JobCommand.self, TransactionCommand.self, ListCommand.self, ShowCommand.self,
+                      MergeCommand.self, RetainCommand.self]
     )
 }
 

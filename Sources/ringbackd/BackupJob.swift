@@ -215,6 +215,7 @@ final class BackupWork: @unchecked Sendable {
         let changed = rescan ? nil : frozen.map { Array($0.dirtyExtents) } ?? []
         var request = IncrementalRequest(device: device, previousImage: previous!, target: image, changed: changed)
         request.options = options
+        request.compression = compression
         request.publishLater = true
         request.nextPass = nextPass
         return withConvergeReport(try JSONValue.from(IncrementalBackup.run(request, control: control)))

@@ -53,6 +53,7 @@ final class Daemon: @unchecked Sendable {
         try FileManager.default.createDirectory(atPath: state.bitmaps, withIntermediateDirectories: true)
         catalog = try Catalog(stateDirectory: state.root)
         failInterruptedBackups()
+        finishInterruptedMerges()
         let saved = state.loadTracked()
         lossCounts = saved.lossCounts
         for path in saved.nodes {

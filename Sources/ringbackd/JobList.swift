@@ -1,3 +1,4 @@
+import Backup
 import BlockIO
 import ControlProtocol
 import DirtyBitmaps
@@ -11,6 +12,9 @@ import Quiesce
 final class JobList: @unchecked Sendable {
     private let lock = NSRecursiveLock()
     private var jobs: [Job] = []
+    /// Chain folders (canonical paths) under maintenance, with what holds them:
+    /// no backup may be created into one meanwhile.
+    private var maintained: [String: String] = [:]
     unowned let daemon: Daemon
     /// Consecutive `ignore` retries of one failing I/O before the job fails.
     static let ignoreRetryLimit = 8
@@ -46,6 +50,16 @@ final class JobList: @unchecked Sendable {
             guard !jobs.contains(where: { $0.id == id }) else { throw CommandError("Job ID '\(id)' already in use") }
             if let other = jobs.first(where: { $0.work.image == work.image && $0.status != .concluded }) {
                 throw CommandError("image \(work.image) is already the target of job '\(other.id)'")
+            }
+            if let chain = work.chainDirectory {
+                let folder = canonicalChain(chain)
+                if let what = maintained[folder] {
+                    throw CommandError("chain folder \(chain) is busy: \(what); a backup into it can start when that finishes")
+                }
+                if FileManager.default.fileExists(atPath: folder + "/" + ChainMerge.journalName) {
+                    throw CommandError("a merge of chain folder \(chain) was interrupted; finish it first "
+                                       + "(ringback merge \(chain), or restart ringbackd)")
+                }
             }
             let job = Job(id: id, work: work, autoFinalize: autoFinalize, autoDismiss: autoDismiss, group: group)
             group.jobs.append(job)
@@ -343,7 +357,41 @@ final class JobList: @unchecked Sendable {
         }
     }
 
+    // MARK: chain maintenance
+
+    /// The job that writes into `chain` (a canonical folder path), if any: a
+    /// job counts until it is concluded, since it publishes its image at the end.
+    func writer(of chain: String) -> Job? {
+        locked { jobs.first { j in j.status != .concluded && j.work.chainDirectory.map(canonicalChain) == chain } }
+    }
+
+    /// Holds `chain` for maintenance (`what` says by what): refused while a
+    /// job writes into it or other maintenance holds it. Taken under the job
+    /// lock, which a transaction holds from its first prepare to its last
+    /// commit, so no backup into the folder is created in between.
+    func beginMaintenance(of chain: String, _ what: String) throws {
+        try locked {
+            if let job = writer(of: chain) {
+                throw CommandError("chain folder \(chain) is being written by job '\(job.id)' (\(job.work.image)); "
+                                   + "try again when it has finished")
+            }
+            if let other = maintained[chain] { throw CommandError("chain folder \(chain) is busy: \(other)") }
+            maintained[chain] = what
+        }
+    }
+
+    func endMaintenance(of chain: String) { locked { maintained[chain] = nil } }
+
+    /// Whether `chain` is held for maintenance, and by what.
+    func maintenance(of chain: String) -> String? { locked { maintained[chain] } }
+
     /// Whether any job is still doing something (the daemon waits for none at
     /// shutdown, but says which it interrupts).
     var active: [Job] { locked { jobs.filter { $0.copying } } }
+}
+
+/// A chain folder's path as maintenance compares it: absolute, without `.`,
+/// `..` or symbolic links.
+func canonicalChain(_ path: String) -> String {
+    URL(fileURLWithPath: path).standardizedFileURL.resolvingSymlinksInPath().path
 }
