@@ -319,7 +319,7 @@ private struct MergeState {
     mutating func commit(checkpoint: (String) -> Void) throws -> Bool {
         let clusterBits = layout.geometry.clusterBits
         let decode = { (e: UInt64) -> Qcow2ClusterState in Self.decode(e, bits: clusterBits) }
-        fixCopiedFlags(decode)
+        fixCopiedFlags()
         guard !changed.isEmpty else { return false }
         var new = layout
         for l1 in changed.sorted() {
@@ -372,18 +372,21 @@ private struct MergeState {
     /// Standard L2 entries carry QCOW_OFLAG_COPIED exactly when their host
     /// cluster is referenced once (qemu-img check insists). Merging can only
     /// drop references, so a cluster once shared may now need the flag.
-    mutating func fixCopiedFlags(_ decode: (UInt64) -> Qcow2ClusterState) {
-        var dataRefs: [Int: Int] = [:]
+    mutating func fixCopiedFlags() {
+        // Two bytes per host cluster; a count saturates, which is all "not once" needs.
+        var dataRefs = [UInt16](repeating: 0, count: allocator.end)
         for table in layout.l2 {
             for e in table ?? [] where e & Qcow2Entry.compressed == 0 && e & Qcow2Entry.offsetMask != 0 {
-                dataRefs[Int((e & Qcow2Entry.offsetMask) >> bits), default: 0] += 1
+                let c = Int((e & Qcow2Entry.offsetMask) >> bits)
+                if c < dataRefs.count && dataRefs[c] < 2 { dataRefs[c] += 1 }
             }
         }
         let per = UInt64(layout.geometry.l2Entries)
         for (l1, table) in layout.l2.enumerated() {
             guard let table else { continue }
             for (j, e) in table.enumerated() where e & Qcow2Entry.compressed == 0 && e & Qcow2Entry.offsetMask != 0 {
-                let once = dataRefs[Int((e & Qcow2Entry.offsetMask) >> bits)] == 1
+                let c = Int((e & Qcow2Entry.offsetMask) >> bits)
+                let once = c < dataRefs.count && dataRefs[c] == 1
                 let fixed = once ? e | Qcow2Entry.copied : e & ~Qcow2Entry.copied
                 if fixed != e { set(UInt64(l1) * per + UInt64(j), fixed) }
             }
