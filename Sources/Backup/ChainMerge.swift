@@ -187,6 +187,14 @@ public enum ChainMerge {
             throw BackupError("cannot merge \(step.incrementalPath): it has no digest file \(digests), and the merged full would have none")
         }
         let summary = try DigestFile(contentsOf: digests)
+        // The merged full gets its new name as a hard link first (see the type's comment).
+        let probe = step.chain + "/.merge-link-probe"
+        unlink(probe)
+        guard link(step.fullPath, probe) == 0 else {
+            throw BackupError("cannot merge in \(step.chain): \(SystemError(errno: errno, "make a hard link to \(step.fullPath)")); "
+                              + "a crash-safe merge needs a filesystem with hard links")
+        }
+        unlink(probe)
         let merge: Qcow2Merge
         do { merge = try Qcow2Merge(top: step.incrementalPath, into: step.fullPath) } catch {
             throw BackupError("cannot merge \(step.incrementalPath) into \(step.fullPath): \(error)")
@@ -283,26 +291,31 @@ public enum ChainMerge {
     }
 }
 
-/// An exclusive lock on a chain folder (flock(2) on the folder itself) for the
-/// length of a merge or removal, so two of them never overlap, also across
-/// processes (ringbackd and an offline `ringback merge`).
-final class ChainLock {
+/// A lock on a chain folder (flock(2) on the folder itself), also across
+/// processes: a merge or removal holds it exclusively, a backup being written
+/// into the folder (a ringbackd job) shares it. So an offline `ringback merge`
+/// and the daemon's backups never overlap, nor do two merges.
+public final class ChainLock: @unchecked Sendable {
     private var fd: Int32
 
-    init(_ chain: ChainDirectory) throws {
-        fd = open(chain.path, O_RDONLY | O_DIRECTORY)
+    /// Takes the lock without waiting; a lock held the other way is an error
+    /// that says so.
+    public init(_ chain: ChainDirectory, shared: Bool = false) throws {
+        fd = open(chain.path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
         guard fd >= 0 else { throw BackupError("\(SystemError(errno: errno, "open chain folder \(chain.path)"))") }
-        guard flock(fd, LOCK_EX | LOCK_NB) == 0 else {
+        guard flock(fd, (shared ? LOCK_SH : LOCK_EX) | LOCK_NB) == 0 else {
             let e = errno
             close(fd)
             if e == EWOULDBLOCK {
-                throw BackupError("chain folder \(chain.path) is busy: another merge or removal holds its lock")
+                throw BackupError(shared
+                    ? "chain folder \(chain.path) is busy: a merge or removal (ringback merge or retain) holds its lock"
+                    : "chain folder \(chain.path) is busy: a backup is being written into it, or another merge or removal runs")
             }
             throw BackupError("\(SystemError(errno: e, "lock chain folder \(chain.path)"))")
         }
     }
 
-    func release() {
+    public func release() {
         guard fd >= 0 else { return }
         close(fd)
         fd = -1

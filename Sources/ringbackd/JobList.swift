@@ -61,7 +61,11 @@ final class JobList: @unchecked Sendable {
                                        + "(ringback merge \(chain), or restart ringbackd)")
                 }
             }
+            let lock = try work.chainDirectory.map { dir -> ChainLock in
+                do { return try ChainLock(ChainDirectory(path: dir), shared: true) } catch { throw CommandError("\(error)") }
+            }
             let job = Job(id: id, work: work, autoFinalize: autoFinalize, autoDismiss: autoDismiss, group: group)
+            job.chainLock = lock
             group.jobs.append(job)
             jobs.append(job)
             job.transition(to: .created, emit: emit)
@@ -72,6 +76,7 @@ final class JobList: @unchecked Sendable {
     /// Drops a job that never started (its transaction aborted).
     func discardCreated(_ job: Job) {
         locked {
+            job.chainLock?.release()
             job.transition(to: .null, emit: emit)
             jobs.removeAll { $0 === job }
             job.group.jobs.removeAll { $0 === job }
@@ -187,6 +192,7 @@ final class JobList: @unchecked Sendable {
             }
         }
         if !ok { job.work.discard() }
+        job.chainLock?.release()
         daemon.removeRecorder(of: job.work)
         daemon.endFreeze(of: job.work, succeeded: ok, completed: job.control.completedExtents)
         job.finishedAt = Date()

@@ -291,6 +291,11 @@ struct ChainMergeTests {
         #expect(refused.contains("is being written by job '\(slow)'"), "\(refused)")
         let cli = try f.daemon.ringback(["merge", chain])
         #expect(!cli.succeeded && cli.stderr.contains("being written by job"), "\(cli.stderr)")
+        // A merge outside the daemon (the CLI pointed at no daemon) meets the job's lock on the folder.
+        let outside = try RingbackBinary.run(["merge", chain, "--socket", f.dir.file("no-daemon.sock"),
+                                              "--state-dir", f.daemon.stateDir])
+        #expect(!outside.succeeded && outside.stderr.contains("is busy: a backup is being written into it"),
+                "\(outside.stderr)")
         let retained = try f.qmp.execute("x-chain-retain", qmpArgs(["chain-root": f.root, "keep-incrementals": 0,
                                                                     "keep-chains": 1]))
         #expect(retained["merged"]?.arrayValue?.isEmpty == true)
@@ -326,6 +331,24 @@ struct ChainMergeTests {
         try f.backup(chain)
         try f.expectEveryPointRestorable(chain, "a backup after the merge")
         try f.expectCatalogMatches([chain])
+
+        // A merge or removal by another process holds the folder's lock: no backup starts into it.
+        let holder = Process()
+        holder.executableURL = URL(fileURLWithPath: "/usr/bin/flock")
+        // --no-fork: the sleep is the process holding the lock, and SIGKILL ends it
+        // (SIGTERM is blocked in processes a Swift test starts).
+        holder.arguments = ["--exclusive", "--no-fork", chain, "sleep", "60"]
+        try holder.run()
+        defer { if holder.isRunning { kill(holder.processIdentifier, SIGKILL); holder.waitUntilExit() } }
+        // Until flock(1) holds it, a shared lock can still be had.
+        for _ in 0..<200 where try Shell.run(["flock", "--nonblock", "--shared", chain, "true"]).succeeded {
+            usleep(25_000)
+        }
+        let locked = try f.qmp.error("drive-backup", qmpArgs(["device": f.device.path, "target": chain,
+                                                            "sync": "incremental", "bitmap": "b0", "job-id": "locked"]))
+        #expect(locked.contains("holds its lock"), "\(locked)")
+        kill(holder.processIdentifier, SIGKILL)
+        holder.waitUntilExit()
 
         // A folder with an unfinished merge that ringbackd does not know of takes no backup.
         let stray = try f.chain("stray")
