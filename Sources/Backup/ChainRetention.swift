@@ -35,12 +35,12 @@ public struct RetentionPlan: Sendable, Equatable {
         }
     }
 
-    /// Keeps the `keepChains` newest chains and removes the older ones,
-    /// except a chain a backup is being written into. Chains are ordered by
-    /// their newest point in time (then by path); a chain without any image
-    /// yet is being started and counts as the newest of all. The newest chain
-    /// is always kept, whatever `keepChains` says.
-    public static func make(_ chains: [RetentionCandidate], keepChains: Int) -> RetentionPlan {
+    /// Keeps the `keepChains` newest chains (all of them when nil) and removes
+    /// the older ones, except a chain a backup is being written into. Chains
+    /// are ordered by their newest point in time (then by path); a chain
+    /// without any image yet is being started and counts as the newest of
+    /// all. The newest chain is always kept, whatever `keepChains` says.
+    public static func make(_ chains: [RetentionCandidate], keepChains: Int?) -> RetentionPlan {
         let ordered = chains.sorted { a, b in
             switch (a.newestPoint, b.newestPoint) {
             case let (x?, y?): x == y ? a.path < b.path : x < y
@@ -49,7 +49,7 @@ public struct RetentionPlan: Sendable, Equatable {
             case (_, nil): true
             }
         }
-        let keepCount = max(1, keepChains)
+        let keepCount = max(1, keepChains ?? chains.count)
         var plan = RetentionPlan()
         for (i, chain) in ordered.enumerated() {
             if i >= ordered.count - keepCount {
@@ -68,8 +68,10 @@ public struct RetentionPlan: Sendable, Equatable {
 /// What a retention run did (`x-chain-retain`'s reply).
 public struct RetentionSummary: Codable, Sendable {
     public var chainRoot: String
-    public var keepIncrementals: Int
-    public var keepChains: Int
+    /// nil: no incrementals merged.
+    public var keepIncrementals: Int?
+    /// nil: no chains removed.
+    public var keepChains: Int?
     public var merged: [ChainMergeSummary] = []
     public var removedChains: [String] = []
     public var keptChains: [String] = []
@@ -105,21 +107,24 @@ public enum ChainRetention {
         public init() {}
     }
 
-    /// The sub-folders of `root` that hold a chain: images, an image being
-    /// written, or an interrupted merge.
+    /// The sub-folders of `root` that hold a chain: images, or a first image
+    /// being written (a chain being started).
     public static func chains(under root: String) -> [ChainDirectory] {
         let names = (try? FileManager.default.contentsOfDirectory(atPath: root)) ?? []
         return names.sorted().map { ChainDirectory(path: root + "/" + $0) }.filter { chain in
-            ChainDirectory.isDirectory(chain.path)
-                && (!chain.images().isEmpty || !chain.partials().isEmpty
-                    || FileManager.default.fileExists(atPath: ChainMerge.journalPath(chain)))
+            ChainDirectory.isDirectory(chain.path) && (!chain.images().isEmpty || !chain.partials().isEmpty)
         }
     }
 
-    public static func run(root: String, keepIncrementals: Int, keepChains: Int, hooks: Hooks = Hooks()) throws
+    /// Applies retention under `root`. Without `keepIncrementals` nothing is
+    /// merged, without `keepChains` no chain is removed; one must be given.
+    public static func run(root: String, keepIncrementals: Int?, keepChains: Int?, hooks: Hooks = Hooks()) throws
         -> RetentionSummary {
-        guard keepIncrementals >= 0 else { throw BackupError("keep-incrementals must be 0 or more, got \(keepIncrementals)") }
-        guard keepChains >= 1 else { throw BackupError("keep-chains must be 1 or more, got \(keepChains)") }
+        guard keepIncrementals != nil || keepChains != nil else {
+            throw BackupError("retention needs keep-incrementals, keep-chains or both")
+        }
+        if let n = keepIncrementals, n < 0 { throw BackupError("keep-incrementals must be 0 or more, got \(n)") }
+        if let n = keepChains, n < 1 { throw BackupError("keep-chains must be 1 or more, got \(n)") }
         guard ChainDirectory.isDirectory(root) else { throw BackupError("chain root \(root) is not a folder") }
         let root = URL(fileURLWithPath: root).standardizedFileURL.path
         let chains = chains(under: root)
@@ -143,6 +148,7 @@ public enum ChainRetention {
         }
         for path in plan.keep {
             summary.keptChains.append(path)
+            guard let keepIncrementals else { continue }
             if let busy = candidates.first(where: { $0.path == path })?.busy {
                 summary.skipped.append(.init(chain: path, reason: "not merged: \(busy)"))
                 continue

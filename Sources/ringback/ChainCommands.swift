@@ -194,13 +194,16 @@ struct RetainCommand: ParsableCommand {
             """)
 
     @Argument(help: "The device's folder, holding its chain folders.") var deviceDir: String
-    @Option(help: "Incrementals to keep in each chain.") var keepIncrementals: Int
-    @Option(help: "Chains to keep (at least 1).") var keepChains: Int
+    @Option(help: "Incrementals to keep in each chain (none merged without it).") var keepIncrementals: Int?
+    @Option(help: "Chains to keep, at least 1 (none removed without it).") var keepChains: Int?
     @OptionGroup var options: MaintenanceOptions
 
     func validate() throws {
-        if keepIncrementals < 0 { throw ValidationError("--keep-incrementals must be 0 or more, got \(keepIncrementals)") }
-        if keepChains < 1 { throw ValidationError("--keep-chains must be 1 or more, got \(keepChains)") }
+        if keepIncrementals == nil && keepChains == nil {
+            throw ValidationError("give --keep-incrementals, --keep-chains or both")
+        }
+        if let n = keepIncrementals, n < 0 { throw ValidationError("--keep-incrementals must be 0 or more, got \(n)") }
+        if let n = keepChains, n < 1 { throw ValidationError("--keep-chains must be 1 or more, got \(n)") }
     }
 
     func run() throws {
@@ -209,10 +212,10 @@ struct RetainCommand: ParsableCommand {
         let summary: RetentionSummary
         if let client = options.daemon() {
             do {
-                let reply = try client.execute("x-chain-retain", [
-                    "chain-root": .string(root), "keep-incrementals": .int(Int64(keepIncrementals)),
-                    "keep-chains": .int(Int64(keepChains)),
-                ])
+                var args: [String: JSONValue] = ["chain-root": .string(root)]
+                if let keepIncrementals { args["keep-incrementals"] = .int(Int64(keepIncrementals)) }
+                if let keepChains { args["keep-chains"] = .int(Int64(keepChains)) }
+                let reply = try client.execute("x-chain-retain", args)
                 summary = decode(RetentionSummary.self, reply)
             } catch {
                 fail("\(error)")

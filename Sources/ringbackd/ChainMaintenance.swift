@@ -31,17 +31,18 @@ extension Daemon {
 
     /// `x-chain-retain {chain-root, keep-incrementals, keep-chains}`: removes
     /// the oldest chains beyond `keep-chains` and merges the incrementals of
-    /// the kept ones down to `keep-incrementals`. Chains a job writes into are
-    /// skipped. Any failure is an error that says what was done before it.
+    /// the kept ones down to `keep-incrementals` (either may be left out, not
+    /// both). Chains a job writes into are skipped. Any failure is an error
+    /// that says what was done before it.
     func chainRetain(_ a: Arguments) throws -> JSONValue {
         try a.allow(["chain-root", "keep-incrementals", "keep-chains"])
         let root = try chainFolder(a.string("chain-root"), argument: "chain-root")
-        guard let keepIncrementals = try a.optionalInt("keep-incrementals") else {
-            throw CommandError("Parameter 'keep-incrementals' is missing")
+        let keepIncrementals = try a.optionalInt("keep-incrementals"), keepChains = try a.optionalInt("keep-chains")
+        guard keepIncrementals != nil || keepChains != nil else {
+            throw CommandError("Parameter 'keep-incrementals' or 'keep-chains' (or both) must be given")
         }
-        guard let keepChains = try a.optionalInt("keep-chains") else { throw CommandError("Parameter 'keep-chains' is missing") }
-        guard keepIncrementals >= 0 else { throw CommandError("Parameter 'keep-incrementals' expects a value of 0 or more") }
-        guard keepChains >= 1 else { throw CommandError("Parameter 'keep-chains' expects a value of at least 1") }
+        if let n = keepIncrementals, n < 0 { throw CommandError("Parameter 'keep-incrementals' expects a value of 0 or more") }
+        if let n = keepChains, n < 1 { throw CommandError("Parameter 'keep-chains' expects a value of at least 1") }
 
         var hooks = ChainRetention.Hooks()
         hooks.busy = { [jobs] chain in
@@ -60,7 +61,8 @@ extension Daemon {
         hooks.report = { message in log(message) }
         let summary: RetentionSummary
         do {
-            summary = try ChainRetention.run(root: root, keepIncrementals: Int(keepIncrementals), keepChains: Int(keepChains),
+            summary = try ChainRetention.run(root: root, keepIncrementals: keepIncrementals.map(Int.init),
+                                             keepChains: keepChains.map(Int.init),
                                              hooks: hooks)
         } catch { throw CommandError("\(error)") }
         guard summary.errors.isEmpty else {

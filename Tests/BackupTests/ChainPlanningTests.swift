@@ -85,6 +85,7 @@ import TestSupport
         #expect(plan.skipped == [.init(chain: "/r/b", reason: "not removed: job 'x' writes into it")])
         #expect(RetentionPlan.make(chains, keepChains: 0).keep.contains("/r/new"), "the newest is always kept")
         #expect(RetentionPlan.make(chains, keepChains: 9).remove.isEmpty)
+        #expect(RetentionPlan.make(chains, keepChains: nil).remove.isEmpty, "without keep-chains nothing is removed")
     }
 
     /// Every mix of ages and busy chains: the newest `keep` are kept, a busy
