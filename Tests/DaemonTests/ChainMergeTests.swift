@@ -169,6 +169,14 @@ struct ChainMergeTests {
                 #expect(reply["image"]?.stringValue == before[1].replacingOccurrences(of: "-inc-", with: "-full-"))
                 #expect(reply["incrementals-left"]?.intValue == Int64(5 - merge))
                 #expect(reply["merge"]?["clusters"]?.intValue ?? 0 > 0)
+            } else if merge == 4 {
+                // Down to one incremental, with the JSON report.
+                let r = try f.daemon.ringback(["merge", chain, "--keep", "1", "--json"])
+                #expect(r.succeeded, "\(r.stdout)\(r.stderr)")
+                let report = try JSONValue.parse(Data(r.stdout.utf8))
+                #expect(report["merges"]?.arrayValue?.count == 1 && report["incrementals-left"]?.intValue == 1, "\(report)")
+                let again = try f.daemon.ringback(["merge", chain, "--keep", "1"])
+                #expect(again.succeeded && again.stdout.contains("nothing to merge"), "\(again.stdout)\(again.stderr)")
             } else {
                 let r = try f.daemon.ringback(["merge", chain])
                 #expect(r.succeeded && r.stdout.contains("the full is now"), "\(r.stdout)\(r.stderr)")
