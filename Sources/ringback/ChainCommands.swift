@@ -82,14 +82,16 @@ struct MergeCommand: ParsableCommand {
         commandName: "merge",
         abstract: "Fold the oldest incremental of a chain into its full backup.",
         discussion: """
-            The full takes in the oldest incremental's data and its name (NNNN-full-TIME.qcow2
-            with the incremental's number and time): the full's own point in time is given up,
-            every other restore point of the chain stays restorable, also if the merge is
-            interrupted (the next merge, or ringbackd's start, finishes it). With --keep N,
-            incrementals are merged oldest first until at most N are left.
+            The full takes in the oldest incremental's data and its name
+            (NNNN-full-TIME.qcow2, the incremental's number and time). The full's
+            own point in time is given up; every other restore point of the chain
+            stays restorable, also if the merge is interrupted (the next merge, or
+            ringbackd's start, finishes it). With --keep N, incrementals are merged
+            oldest first until at most N are left.
 
-            Runs in ringbackd when its socket answers (a chain that a backup writes into is
-            refused); otherwise here, recording the change in the catalog of --state-dir.
+            Runs in ringbackd when its socket answers (a chain that a backup writes
+            into is refused); otherwise here, recording the change in the catalog
+            of --state-dir.
 
             Examples: ringback merge /srv/backup/sdb/chain-1
                       ringback merge /srv/backup/sdb/chain-1 --keep 7 --json
@@ -183,10 +185,11 @@ struct RetainCommand: ParsableCommand {
         commandName: "retain",
         abstract: "Apply retention to the chains of one device: merge old incrementals, remove old chains.",
         discussion: """
-            DEVICE-DIR holds one folder per chain. The newest --keep-chains chains are kept
-            (the newest always) and older ones removed, unless a backup is being written into
-            them; in the kept chains, incrementals beyond --keep-incrementals are merged into
-            the full, oldest first. Removed and merged backups are recorded in the catalog.
+            DEVICE-DIR holds one folder per chain. The newest --keep-chains chains
+            are kept (the newest always) and older ones removed, unless a backup is
+            being written into them; in the kept chains, incrementals beyond
+            --keep-incrementals are merged into the full, oldest first. Removed and
+            merged backups are recorded in the catalog.
 
             Runs in ringbackd when its socket answers, otherwise here.
 
