@@ -14,6 +14,8 @@ public struct IncrementalRequest: Sendable {
     public var changed: [Extent]?
     /// Engine knobs; the cluster size is always the previous image's.
     public var options = CopyOptions()
+    /// Compress the overlay's clusters (qcow2 compression type zstd).
+    public var compression: Qcow2Writer.Compression = .none
     public var force = false
     /// See `BackupRequest.publishLater`.
     public var publishLater = false
@@ -82,7 +84,8 @@ public enum IncrementalBackup {
         }
         let backing = relativePath(of: request.previousImage, from: request.target)
         let output = try ImageOutput.qcow2(image: request.target, virtualSize: source.size,
-                                           clusterSize: baseline.clusterSize, backingFile: backing)
+                                           clusterSize: baseline.clusterSize, backingFile: backing,
+                                           compression: request.compression)
         let rescan = request.changed == nil
         let sink = BackupSink(target: output.target, clusterSize: baseline.clusterSize, deviceSize: source.size,
                               baseline: baseline, skipUnchanged: rescan)

@@ -9,6 +9,7 @@
 #include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <linux/fs.h>
+#include <linux/falloc.h>
 // liburing ships its own copy of the io_uring UAPI header; include that one so
 // that this module and CLiburing see one definition of struct io_uring_sqe.
 #include <linux/time_types.h>
@@ -60,6 +61,12 @@ static inline int rb_pipe_cloexec(int fds[2]) {
 /// open(2) with the flags Swift's Glibc overlay hides.
 static inline int rb_open(const char *path, int flags, unsigned mode) {
     return open(path, flags, mode);
+}
+/// fallocate(2) freeing a range of a file while keeping its size (hidden
+/// behind _GNU_SOURCE, as is the function itself).
+int fallocate(int fd, int mode, off_t offset, off_t len);
+static inline int rb_punch_hole(int fd, uint64_t offset, uint64_t len) {
+    return fallocate(fd, FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE, (off_t)offset, (off_t)len);
 }
 
 #endif

@@ -22,6 +22,18 @@ public enum BackupListing {
         return records.indices.filter { keep[$0] }.map { records[$0] }
     }
 
+    /// The records without backups that chain maintenance retired (merged or
+    /// removed): they are history, no longer restore points. Order is kept.
+    public static func hidingRetired(_ records: [BackupRecord]) -> [BackupRecord] {
+        records.filter { $0.status != .merged && $0.status != .removed }
+    }
+
+    /// What `ringback list` shows without `--all`: neither superseded
+    /// failures nor retired backups.
+    public static func defaultView(_ records: [BackupRecord]) -> [BackupRecord] {
+        hidingRetired(hidingSupersededFailures(records))
+    }
+
     /// A table with one line per backup (id, device, kind, status, restorable,
     /// consistency, started, duration, size, image), followed by a note for
     /// each backup that cannot be restored saying why. "no backups" when empty.
@@ -57,7 +69,7 @@ public enum BackupListing {
 
     /// Every field of one record, one `name: value` line each, "-" for what is absent.
     public static func details(_ r: BackupRecord, now: Date = Date(), timeZone: TimeZone = .current) -> String {
-        let fields: [(String, String)] = [
+        var fields: [(String, String)] = [
             ("id", r.id),
             ("job id", r.jobID ?? "-"),
             ("device", r.device),
@@ -80,6 +92,12 @@ public enum BackupListing {
             ("bytes read", r.bytesRead.map(bytesExact) ?? "-"),
             ("bytes written", r.bytesWritten.map(bytesExact) ?? "-"),
         ]
+        // What chain maintenance did, only for the backups it retired.
+        if let retired = r.retiredAt {
+            let at = fields.firstIndex { $0.0 == "image" }!
+            fields.insert(contentsOf: [("retired", time(retired, timeZone, withZone: true)),
+                                       ("merged into", r.mergedInto ?? "-")], at: at)
+        }
         let width = fields.map(\.0.count).max()! + 1
         return fields.map { name, value in (name + ":").padding(toLength: width, withPad: " ", startingAt: 0) + " " + value }
             .joined(separator: "\n") + "\n"

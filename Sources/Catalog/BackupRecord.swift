@@ -11,16 +11,23 @@ public enum SyncMode: String, Codable, Sendable, CaseIterable {
 }
 
 /// Where a backup is in its life (DESIGN §8). Only `complete` backups can be
-/// restored; the other three never can.
+/// restored; the others never can.
+///
+/// Chain maintenance retires complete backups: `merged` when the backup's
+/// point in time was folded into the next one of its chain (its data lives
+/// on in that backup's image, so a backup built on it is still whole), and
+/// `removed` when retention deleted its chain.
 public enum BackupStatus: String, Codable, Sendable, CaseIterable {
-    case running, complete, failed, cancelled
+    case running, complete, failed, cancelled, merged, removed
 
     /// The statuses a backup may move to from this one. A backup finishes once:
-    /// running → complete, failed or cancelled, and nothing leaves a finished state.
+    /// running → complete, failed or cancelled; only a complete backup is then
+    /// retired (merged or removed), and nothing leaves a retired state.
     public var successors: Set<BackupStatus> {
         switch self {
         case .running: [.complete, .failed, .cancelled]
-        case .complete, .failed, .cancelled: []
+        case .complete: [.merged, .removed]
+        case .failed, .cancelled, .merged, .removed: []
         }
     }
 }
@@ -92,8 +99,14 @@ public struct BackupRecord: Codable, Sendable, Equatable {
     /// The backup whose image this incremental builds on.
     public var parentID: String?
     /// The nearest backup up this one's parent chain that is not complete, or
-    /// nil when every ancestor is. Filled in by the catalog when it reads.
+    /// nil when every ancestor is. A merged ancestor is a whole link: its data
+    /// is still the base of the chain. Filled in by the catalog when it reads.
     public var incompleteAncestor: String?
+    /// For a merged backup: the backup whose image now holds the data (the
+    /// incremental it was merged with, whose point in time lives on).
+    public var mergedInto: String?
+    /// When chain maintenance merged or removed the backup.
+    public var retiredAt: Date?
 
     /// Creates a record; the catalog makes these, tests and formatters may too.
     public init(id: String, jobID: String? = nil, device: String, chainID: Int64? = nil, chain: String? = nil,
@@ -101,7 +114,7 @@ public struct BackupRecord: Codable, Sendable, Equatable {
                 status: BackupStatus, error: String? = nil, consistency: Consistency = .crashInconsistent,
                 startedAt: Date, finishedAt: Date? = nil, bytesRead: UInt64? = nil, bytesWritten: UInt64? = nil,
                 imageSize: UInt64? = nil, imageDigest: String? = nil, parentID: String? = nil,
-                incompleteAncestor: String? = nil) {
+                incompleteAncestor: String? = nil, mergedInto: String? = nil, retiredAt: Date? = nil) {
         self.id = id
         self.jobID = jobID
         self.device = device
@@ -123,6 +136,8 @@ public struct BackupRecord: Codable, Sendable, Equatable {
         self.imageDigest = imageDigest
         self.parentID = parentID
         self.incompleteAncestor = incompleteAncestor
+        self.mergedInto = mergedInto
+        self.retiredAt = retiredAt
     }
 
     /// Why this backup cannot be restored, or nil when it can: a backup that
@@ -133,6 +148,10 @@ public struct BackupRecord: Codable, Sendable, Equatable {
         case .running: return "the backup is still running"
         case .failed: return "the backup failed"
         case .cancelled: return "the backup was cancelled"
+        case .merged:
+            return "its point in time was merged away by chain maintenance"
+                + (mergedInto.map { " (its data is now part of backup '\($0)')" } ?? "")
+        case .removed: return "its chain was removed by retention"
         case .complete: break
         }
         guard kind == .incremental else { return nil }
@@ -152,6 +171,7 @@ public struct BackupRecord: Codable, Sendable, Equatable {
         case error, consistency, startedAt = "started-at", finishedAt = "finished-at", bytesRead = "bytes-read"
         case bytesWritten = "bytes-written", imageSize = "image-size", imageDigest = "image-digest"
         case parentID = "parent", incompleteAncestor = "incomplete-ancestor", restorable
+        case mergedInto = "merged-into", retiredAt = "retired-at"
     }
 
     public init(from decoder: Decoder) throws {
@@ -177,6 +197,8 @@ public struct BackupRecord: Codable, Sendable, Equatable {
         imageDigest = try c.decodeIfPresent(String.self, forKey: .imageDigest)
         parentID = try c.decodeIfPresent(String.self, forKey: .parentID)
         incompleteAncestor = try c.decodeIfPresent(String.self, forKey: .incompleteAncestor)
+        mergedInto = try c.decodeIfPresent(String.self, forKey: .mergedInto)
+        retiredAt = try c.contains(.retiredAt) ? Timestamp.decode(c, .retiredAt) : nil
         // `restorable` is derived from the fields above and not read back.
     }
 
@@ -203,6 +225,8 @@ public struct BackupRecord: Codable, Sendable, Equatable {
         try c.encodeIfPresent(imageDigest, forKey: .imageDigest)
         try c.encodeIfPresent(parentID, forKey: .parentID)
         try c.encodeIfPresent(incompleteAncestor, forKey: .incompleteAncestor)
+        try c.encodeIfPresent(mergedInto, forKey: .mergedInto)
+        try c.encodeIfPresent(retiredAt.map(Timestamp.text), forKey: .retiredAt)
         try c.encode(restorable, forKey: .restorable)
     }
 }

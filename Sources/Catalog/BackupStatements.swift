@@ -73,7 +73,7 @@ extension Connection {
         let records = try query("""
             SELECT b.id, b.job_id, b.device, b.chain_id, c.directory, b.kind, b.sync, b.bitmap, b.image, b.format,
                    b.status, b.error, b.consistency, b.started_at, b.finished_at, b.bytes_read, b.bytes_written,
-                   b.image_size, b.image_digest, b.parent_id
+                   b.image_size, b.image_digest, b.parent_id, b.merged_into, b.retired_at
             FROM backups b LEFT JOIN chains c ON c.id = b.chain_id
             WHERE ?1 IS NULL OR b.device = ?1
             ORDER BY b.seq
@@ -91,7 +91,9 @@ extension Connection {
         for var r in records {
             if let parentID = r.parentID {
                 if let parent = byID[parentID] {
-                    r.incompleteAncestor = parent.status == .complete ? parent.incompleteAncestor : parent.id
+                    // A merged parent's data is still the base its child builds on.
+                    let whole = parent.status == .complete || parent.status == .merged
+                    r.incompleteAncestor = whole ? parent.incompleteAncestor : parent.id
                 } else {
                     r.incompleteAncestor = parentID
                 }
@@ -114,7 +116,7 @@ extension Connection {
             startedAt: Timestamp.date(milliseconds: r.int(13) ?? 0),
             finishedAt: r.int(14).map(Timestamp.date(milliseconds:)),
             bytesRead: unsigned(15), bytesWritten: unsigned(16), imageSize: unsigned(17), imageDigest: r.text(18),
-            parentID: r.text(19))
+            parentID: r.text(19), mergedInto: r.text(20), retiredAt: r.int(21).map(Timestamp.date(milliseconds:)))
     }
 
     /// A column's text as one of our enums; the schema's CHECK constraints

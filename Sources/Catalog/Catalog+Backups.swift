@@ -102,12 +102,12 @@ extension Catalog {
     /// The backups of `device` (or of every device) in the order they started,
     /// each with `restorable` worked out from its whole chain. Without
     /// `includingSupersededFailures`, failed and cancelled backups followed by
-    /// a complete backup of the same device are left out (see
-    /// `BackupListing.hidingSupersededFailures`).
+    /// a complete backup of the same device are left out, and so are backups
+    /// that chain maintenance retired (see `BackupListing.defaultView`).
     public func backups(device: String? = nil, includingSupersededFailures: Bool = true) throws(CatalogError)
         -> [BackupRecord] {
         let all = try locked { c throws(CatalogError) in try c.backups(device: device, "list backups") }
-        return includingSupersededFailures ? all : BackupListing.hidingSupersededFailures(all)
+        return includingSupersededFailures ? all : BackupListing.defaultView(all)
     }
 
     /// The backup with this id, or nil.

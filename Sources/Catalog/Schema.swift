@@ -4,7 +4,7 @@
 /// only ever appended: a released one is never edited, because files out in
 /// the field were made by it.
 enum Schema {
-    static let migrations: [String] = [version1]
+    static let migrations: [String] = [version1, version2]
 
     /// The version this build writes.
     static var current: Int64 { Int64(migrations.count) }
@@ -65,6 +65,59 @@ enum Schema {
         CREATE INDEX backups_by_status ON backups(status);
         CREATE INDEX backups_by_image ON backups(image);
         """
+
+    /// Chain maintenance: a backup's point in time can be merged into a later
+    /// one (`merged`, with `merged_into` naming the backup that now holds the
+    /// image) or removed with its chain (`removed`); `retired_at` says when.
+    /// SQLite cannot change a CHECK constraint in place, so the table is
+    /// rebuilt (the migration runs with foreign keys off and checks them
+    /// before it commits), keeping `seq` and the AUTOINCREMENT counter.
+    private static let version2 = """
+        CREATE TABLE backups_v2 (
+            seq           INTEGER PRIMARY KEY AUTOINCREMENT,
+            id            TEXT NOT NULL UNIQUE,
+            job_id        TEXT,
+            device        TEXT NOT NULL REFERENCES devices(path),
+            chain_id      INTEGER REFERENCES chains(id),
+            kind          TEXT NOT NULL CHECK (kind IN ('full', 'incremental')),
+            sync          TEXT NOT NULL CHECK (sync IN ('full', 'incremental', 'bitmap')),
+            bitmap        TEXT,
+            image         TEXT NOT NULL,
+            format        TEXT NOT NULL,
+            status        TEXT NOT NULL
+                          CHECK (status IN ('running', 'complete', 'failed', 'cancelled', 'merged', 'removed')),
+            error         TEXT,
+            consistency   TEXT NOT NULL DEFAULT 'crash-inconsistent',
+            started_at    INTEGER NOT NULL,
+            finished_at   INTEGER,
+            bytes_read    INTEGER,
+            bytes_written INTEGER,
+            image_size    INTEGER,
+            image_digest  TEXT,
+            parent_id     TEXT REFERENCES backups(id),
+            merged_into   TEXT REFERENCES backups(id),
+            retired_at    INTEGER,
+            CHECK (kind = 'incremental' OR parent_id IS NULL),
+            CHECK (merged_into IS NULL OR status = 'merged')
+        );
+        INSERT INTO backups_v2 (seq, id, job_id, device, chain_id, kind, sync, bitmap, image, format, status, error,
+                                consistency, started_at, finished_at, bytes_read, bytes_written, image_size,
+                                image_digest, parent_id)
+            SELECT seq, id, job_id, device, chain_id, kind, sync, bitmap, image, format, status, error,
+                   consistency, started_at, finished_at, bytes_read, bytes_written, image_size,
+                   image_digest, parent_id
+            FROM backups ORDER BY seq;
+        INSERT INTO sqlite_sequence (name, seq)
+            SELECT 'backups_v2', seq FROM sqlite_sequence
+            WHERE name = 'backups' AND NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'backups_v2');
+        UPDATE sqlite_sequence SET seq = max(seq, coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'backups'), 0))
+            WHERE name = 'backups_v2';
+        DROP TABLE backups;
+        ALTER TABLE backups_v2 RENAME TO backups;
+        CREATE INDEX backups_by_device ON backups(device, seq);
+        CREATE INDEX backups_by_status ON backups(status);
+        CREATE INDEX backups_by_image ON backups(image);
+        """
 }
 
 extension Connection {
@@ -80,6 +133,11 @@ extension Connection {
     /// Brings the file to `Schema.current` in one transaction, so that a crash
     /// mid-way leaves the old version whole. Refuses a file from a newer ringback.
     func migrate(now: Int64) throws(CatalogError) {
+        // A migration may rebuild a table that others refer to; SQLite's way
+        // (lang_altertable.html) is foreign keys off, which only takes effect
+        // outside a transaction, and a foreign key check before the commit.
+        try execute(script: "PRAGMA foreign_keys = OFF", "migrate the schema")
+        defer { try? execute(script: "PRAGMA foreign_keys = ON", "migrate the schema") }
         try transaction("migrate the schema") { () throws(CatalogError) in
             let found = try schemaVersion()
             if found > Schema.current {
@@ -91,6 +149,13 @@ extension Connection {
             for version in found..<Schema.current {
                 try execute(script: Schema.migrations[Int(version)],
                             "migrate the schema from version \(version) to \(version + 1)")
+            }
+            let broken = try query("PRAGMA foreign_key_check", [], "check foreign keys after the migration") {
+                "\($0.text(0) ?? "?") row \($0.int(1) ?? 0) refers to a missing \($0.text(2) ?? "?")"
+            }
+            if let first = broken.first {
+                throw CatalogError(.sqlite, path: path, operation: "migrate the schema",
+                                   reason: "after the migration \(first) (\(broken.count) such rows); nothing was changed")
             }
             try run("DELETE FROM schema_version", [], "record the schema version")
             try run("INSERT INTO schema_version (version, migrated_at) VALUES (?, ?)",

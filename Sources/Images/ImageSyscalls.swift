@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import BlockIO
+import CShim
 
 /// The system calls the Images module makes itself; everything else goes
 /// through BlockIO's `BlockFile`.
@@ -19,5 +20,18 @@ enum ImageSys {
         if errno == ENXIO { return nil }
         let what = whence == seekData ? "data" : "a hole"
         throw SystemError(errno: errno, "find \(what) in \(path) after offset \(offset)")
+    }
+
+    /// Frees `length` bytes at `offset` of a regular file without changing
+    /// its size (fallocate(2) FALLOC_FL_PUNCH_HOLE). Returns false where the
+    /// filesystem cannot punch holes: the space then simply stays allocated.
+    @discardableResult
+    static func punchHole(_ fd: Int32, _ offset: UInt64, _ length: UInt64, path: String) throws(SystemError) -> Bool {
+        while rb_punch_hole(fd, offset, length) != 0 {
+            if errno == EINTR { continue }
+            if errno == EOPNOTSUPP || errno == ENOSYS { return false }
+            throw SystemError(errno: errno, "free \(length) bytes at offset \(offset) of \(path)")
+        }
+        return true
     }
 }

@@ -30,8 +30,9 @@ public final class Qcow2Reader: ImageReader, @unchecked Sendable {
     }
 
     private let file: BlockFile
-    private let metadata: Qcow2Metadata
-    private let tables: Qcow2Tables
+    let metadata: Qcow2Metadata
+    /// Every L2 table, loaded and checked at open (a merge walks them).
+    let tables: Qcow2Tables
 
     /// Opens the qcow2 image at `path` and its backing chain.
     public convenience init(path: String) throws {

@@ -154,6 +154,10 @@ extension BackupCommand {
             if consistency == "converge" { args["auto-complete"] = .bool(true) }
         }
         if speed.value > 0 { args["speed"] = .int(Int64(speed.value)) }
+        if let compress {
+            guard compress == "zstd" else { fail("unknown compression '\(compress)': only zstd is supported") }
+            args["compress"] = .bool(true)
+        }
         // The job is followed by its events; its id names this CLI run.
         let id = "cli-\(getpid())-\(Int(Date().timeIntervalSince1970))"
         args["job-id"] = .string(id)

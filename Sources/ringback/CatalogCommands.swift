@@ -10,16 +10,17 @@ struct ListCommand: ParsableCommand {
         discussion: """
             Every backup is listed with RESTORABLE yes or NO; below the table, each one
             that cannot be restored is named with the reason (it failed, was cancelled,
-            is still running, or builds on a backup that did not complete). Failed and
-            cancelled backups that a later restorable backup of the same device has
-            superseded are left out unless --all is given.
+            is still running, builds on a backup that did not complete, was merged away or
+            removed by chain maintenance). Failed and cancelled backups that a later
+            restorable backup of the same device has superseded, and merged or removed
+            backups, are left out unless --all is given.
             Examples: ringback list
                       ringback list --device /dev/sdb --all
                       ringback list --json
             """)
 
     @Option(help: "Only the backups of this device.") var device: String?
-    @Flag(help: "Also list failed and cancelled backups that a later restorable backup superseded.") var all = false
+    @Flag(help: "Also list superseded failures and backups merged or removed by chain maintenance.") var all = false
     @OptionGroup var daemon: DaemonOptions
 
     func run() {
@@ -32,7 +33,7 @@ struct ListCommand: ParsableCommand {
         var records = items.map { decodeReply(BackupRecord.self, $0, from: "x-query-backups") }
         // Filtered here too, so that the flag means the same with a daemon
         // that does not filter.
-        if !all { records = BackupListing.hidingSupersededFailures(records) }
+        if !all { records = BackupListing.defaultView(records) }
         if daemon.json {
             // The daemon's own objects, so that fields this ringback does not
             // know are passed on.

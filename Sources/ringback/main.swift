@@ -10,7 +10,7 @@ struct Ringback: ParsableCommand {
         subcommands: [BackupCommand.self, RestoreCommand.self, VerifyCommand.self, Devices.self, BenchCommand.self,
                       TrackCommand.self, UntrackCommand.self, BitmapCommand.self, QMPCommand.self,
                       JobsCommand.self, JobCommand.self, TransactionCommand.self, ListCommand.self, ShowCommand.self,
-                      PlanCommand.self]
+                      PlanCommand.self, MergeCommand.self, RetainCommand.self]
     )
 }
 

@@ -233,6 +233,7 @@ final class BackupWork: @unchecked Sendable {
         }
         var request = IncrementalRequest(device: source, previousImage: previous!, target: image, changed: changed)
         request.options = options
+        request.compression = compression
         request.publishLater = true
         request.nextPass = nextPass
         return withConvergeReport(try JSONValue.from(IncrementalBackup.run(request, control: control, warn: warn)))

@@ -17,7 +17,7 @@ extension Daemon {
         "block-job-pause", "block-job-resume", "block-job-cancel", "block-job-complete", "block-job-finalize",
         "block-job-dismiss", "block-job-set-speed",
         "x-track-start", "x-track-stop", "x-tracker-barrier", "x-verify", "x-restore",
-        "x-query-backups", "x-query-backup", "x-query-plans", "x-plan-run",
+        "x-query-backups", "x-query-backup", "x-query-plans", "x-plan-run", "x-chain-merge", "x-chain-retain",
     ]
 
     func handle(_ command: String, _ a: Arguments) throws -> JSONValue {
@@ -103,10 +103,16 @@ extension Daemon {
             do { record = try catalog.backup(id: id) } catch { throw CommandError("\(error)") }
             guard let record else { throw CommandError("Backup '\(id)' not found") }
             return try JSONValue.from(record)
+        case "x-chain-merge":
+            // Runs on the asking client's thread, holding the chain busy.
+            return try chainMerge(a)
+        case "x-chain-retain":
+            return try chainRetain(a)
         case "x-verify":
             // Runs on the asking client's thread: other clients are served meanwhile.
             try a.allow(["image", "against"])
             let image = try a.string("image")
+            try checkNotUnderMaintenance(image)
             do {
                 if let device = try a.optionalString("against") {
                     return try JSONValue.from(Verify.againstDevice(image: image, device: device))
@@ -116,6 +122,7 @@ extension Daemon {
         case "x-restore":
             try a.allow(["image", "target", "force", "verify"])
             let image = try a.string("image"), target = try a.string("target")
+            try checkNotUnderMaintenance(image)
             if let path = try? resolve(target), let job = jobs.locked({ jobs.all.first(where: { $0.work.device == path && $0.copying }) }) {
                 throw CommandError("\(target) is the source of job '\(job.id)'; cancel it before restoring onto the device")
             }

@@ -64,6 +64,7 @@ final class Daemon: @unchecked Sendable {
         catalog = try Catalog(stateDirectory: state.root)
         failInterruptedBackups()
         SnapshotRecords.removeLeftovers(state)
+        finishInterruptedMerges()
         let saved = state.loadTracked()
         lossCounts = saved.lossCounts
         for path in saved.nodes {

@@ -1,3 +1,4 @@
+import Backup
 import BlockIO
 import ControlProtocol
 import Foundation
@@ -42,6 +43,9 @@ final class Job: @unchecked Sendable {
     var freeze: SharedFreeze?
     /// The job's backup in the catalog.
     var catalogID: String?
+    /// The shared lock on the chain folder the job writes into, held until the
+    /// job is finalized, so no merge outside this daemon touches the folder.
+    var chainLock: ChainLock?
     var finishedAt: Date?
 
     init(id: String, work: BackupWork, autoFinalize: Bool, autoDismiss: Bool, group: JobGroup) {

@@ -1,3 +1,4 @@
+import Backup
 import BlockIO
 import ControlProtocol
 import DirtyBitmaps
@@ -11,6 +12,9 @@ import Quiesce
 final class JobList: @unchecked Sendable {
     private let lock = NSRecursiveLock()
     private var jobs: [Job] = []
+    /// Chain folders (canonical paths) under maintenance, with what holds them:
+    /// no backup may be created into one meanwhile.
+    private var maintained: [String: String] = [:]
     unowned let daemon: Daemon
     /// Consecutive `ignore` retries of one failing I/O before the job fails.
     static let ignoreRetryLimit = 8
@@ -55,7 +59,21 @@ final class JobList: @unchecked Sendable {
             if let other = jobs.first(where: { $0.work.image == work.image && $0.status != .concluded }) {
                 throw CommandError("image \(work.image) is already the target of job '\(other.id)'")
             }
+            if let chain = work.chainDirectory {
+                let folder = canonicalChain(chain)
+                if let what = maintained[folder] {
+                    throw CommandError("chain folder \(chain) is busy: \(what); a backup into it can start when that finishes")
+                }
+                if FileManager.default.fileExists(atPath: folder + "/" + ChainMerge.journalName) {
+                    throw CommandError("a merge of chain folder \(chain) was interrupted; finish it first "
+                                       + "(ringback merge \(chain), or restart ringbackd)")
+                }
+            }
+            let lock = try work.chainDirectory.map { dir -> ChainLock in
+                do { return try ChainLock(ChainDirectory(path: dir), shared: true) } catch { throw CommandError("\(error)") }
+            }
             let job = Job(id: id, work: work, autoFinalize: autoFinalize, autoDismiss: autoDismiss, group: group)
+            job.chainLock = lock
             group.jobs.append(job)
             jobs.append(job)
             job.transition(to: .created, emit: emit)
@@ -66,6 +84,7 @@ final class JobList: @unchecked Sendable {
     /// Drops a job that never started (its transaction aborted).
     func discardCreated(_ job: Job) {
         locked {
+            job.chainLock?.release()
             job.transition(to: .null, emit: emit)
             jobs.removeAll { $0 === job }
             job.group.jobs.removeAll { $0 === job }
@@ -182,6 +201,7 @@ final class JobList: @unchecked Sendable {
             }
         }
         if !ok { job.work.discard() }
+        job.chainLock?.release()
         daemon.removeRecorder(of: job.work)
         if let snapshot = job.work.snapshot, let reason = snapshot.jobEnded(job.work, succeeded: ok) {
             job.errorMessage = reason + (job.errorMessage.map { " (\($0))" } ?? "")
@@ -356,7 +376,41 @@ final class JobList: @unchecked Sendable {
         }
     }
 
+    // MARK: chain maintenance
+
+    /// The job that writes into `chain` (a canonical folder path), if any: a
+    /// job counts until it is concluded, since it publishes its image at the end.
+    func writer(of chain: String) -> Job? {
+        locked { jobs.first { j in j.status != .concluded && j.work.chainDirectory.map(canonicalChain) == chain } }
+    }
+
+    /// Holds `chain` for maintenance (`what` says by what): refused while a
+    /// job writes into it or other maintenance holds it. Taken under the job
+    /// lock, which a transaction holds from its first prepare to its last
+    /// commit, so no backup into the folder is created in between.
+    func beginMaintenance(of chain: String, _ what: String) throws {
+        try locked {
+            if let job = writer(of: chain) {
+                throw CommandError("chain folder \(chain) is being written by job '\(job.id)' (\(job.work.image)); "
+                                   + "try again when it has finished")
+            }
+            if let other = maintained[chain] { throw CommandError("chain folder \(chain) is busy: \(other)") }
+            maintained[chain] = what
+        }
+    }
+
+    func endMaintenance(of chain: String) { locked { maintained[chain] = nil } }
+
+    /// Whether `chain` is held for maintenance, and by what.
+    func maintenance(of chain: String) -> String? { locked { maintained[chain] } }
+
     /// Whether any job is still doing something (the daemon waits for none at
     /// shutdown, but says which it interrupts).
     var active: [Job] { locked { jobs.filter { $0.copying } } }
+}
+
+/// A chain folder's path as maintenance compares it: absolute, without `.`,
+/// `..` or symbolic links.
+func canonicalChain(_ path: String) -> String {
+    URL(fileURLWithPath: path).standardizedFileURL.resolvingSymlinksInPath().path
 }

@@ -69,10 +69,13 @@ import TestSupport
         #expect(try t.catalog.backup(id: b.id)?.error == "boom")
     }
 
-    /// The transition table, every pair: only running → complete/failed/cancelled.
+    /// The transition table, every pair: running → complete/failed/cancelled,
+    /// and only a complete backup is retired (merged or removed).
     @Test(arguments: BackupStatus.allCases, BackupStatus.allCases)
     func transitions(from: BackupStatus, to: BackupStatus) {
-        #expect(from.successors.contains(to) == (from == .running && to != .running))
+        let finishing = from == .running && [.complete, .failed, .cancelled].contains(to)
+        let retiring = from == .complete && (to == .merged || to == .removed)
+        #expect(from.successors.contains(to) == (finishing || retiring))
     }
 
     @Test func unknownIdsAndBadArgumentsAreRefused() throws {
