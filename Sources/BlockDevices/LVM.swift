@@ -212,8 +212,32 @@ public struct LVM: Sendable {
         guard let lvs else {
             throw LVMError(.toolsMissing, name: name, reason: "the LVM tools are not installed (no lvs in PATH, /usr/sbin or /sbin; install lvm2)")
         }
+        let r: Self.ToolResult
+        do { r = try Self.runTool(lvs, args, timeout: timeout) } catch {
+            throw LVMError(.commandFailed, name: name, reason: "cannot run \(lvs): \(error.localizedDescription)")
+        }
+        if r.timedOut {
+            throw LVMError(.commandFailed, name: name, reason: "lvs did not finish within \(Int(timeout)) s (another LVM command holding the volume group's lock?)")
+        }
+        return (r.status, r.stdout, r.stderr)
+    }
+
+    /// What an LVM tool did.
+    public struct ToolResult: Sendable {
+        public var status: Int32
+        public var stdout: String
+        public var stderr: String
+        /// Killed after the timeout.
+        public var timedOut: Bool
+    }
+
+    /// Runs an LVM tool (lvs, lvcreate, dmsetup, thin_delta …) in the C locale
+    /// without its warnings about inherited descriptors; both pipes are read
+    /// at once so that neither fills up, and the tool is killed after
+    /// `timeout` seconds (an LVM command waits for the VG's lock).
+    public static func runTool(_ executable: String, _ args: [String], timeout: Double) throws -> ToolResult {
         let p = Process()
-        p.executableURL = URL(fileURLWithPath: lvs)
+        p.executableURL = URL(fileURLWithPath: executable)
         p.arguments = args
         var env = ProcessInfo.processInfo.environment
         env["LC_ALL"] = "C"
@@ -223,12 +247,7 @@ public struct LVM: Sendable {
         p.standardOutput = out
         p.standardError = err
         p.standardInput = FileHandle.nullDevice
-        do {
-            try p.run()
-        } catch {
-            throw LVMError(.commandFailed, name: name, reason: "cannot run \(lvs): \(error.localizedDescription)")
-        }
-        // Both pipes read at once, so that neither fills up and blocks lvs.
+        try p.run()
         let group = DispatchGroup()
         nonisolated(unsafe) var errData = Data()
         group.enter()
@@ -243,13 +262,11 @@ public struct LVM: Sendable {
         p.waitUntilExit()
         killer.cancel()
         // Closed here, not left to Foundation: a daemon resolving names for
-        // months must not keep two descriptors per lvs run.
+        // months must not keep two descriptors per run.
         for handle in [out.fileHandleForReading, out.fileHandleForWriting, err.fileHandleForReading, err.fileHandleForWriting] {
             try? handle.close()
         }
-        if p.terminationReason == .uncaughtSignal {
-            throw LVMError(.commandFailed, name: name, reason: "lvs did not finish within \(Int(timeout)) s (another LVM command holding the volume group's lock?)")
-        }
-        return (p.terminationStatus, String(decoding: outData, as: UTF8.self), String(decoding: errData, as: UTF8.self))
+        return ToolResult(status: p.terminationStatus, stdout: String(decoding: outData, as: UTF8.self),
+                          stderr: String(decoding: errData, as: UTF8.self), timedOut: p.terminationReason == .uncaughtSignal)
     }
 }

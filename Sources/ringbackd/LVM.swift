@@ -19,50 +19,16 @@ enum LVMTools {
         guard let executable = candidates.first(where: { FileManager.default.isExecutableFile(atPath: $0) }) else {
             throw Failure(description: "\(tool) is not installed (the LVM tools: Debian packages lvm2 and thin-provisioning-tools)")
         }
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: executable)
-        process.arguments = arguments
-        var environment = ProcessInfo.processInfo.environment
-        environment["LVM_SUPPRESS_FD_WARNINGS"] = "1"
-        environment["LC_ALL"] = "C"
-        process.environment = environment
-        let out = Pipe()
-        let err = Pipe()
-        process.standardOutput = out
-        process.standardError = err
-        process.standardInput = FileHandle.nullDevice
-        do { try process.run() } catch {
+        let r: BlockDevices.LVM.ToolResult
+        do { r = try BlockDevices.LVM.runTool(executable, arguments, timeout: 300) } catch {
             throw Failure(description: "cannot run \(executable): \(error)")
         }
-        // Both pipes are read to the end before waiting: neither can fill up.
-        let errorData = Atomic<Data>()
-        let reader = Thread { errorData.value = err.fileHandleForReading.readDataToEndOfFile() }
-        reader.start()
-        let output = out.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        while !errorData.done { usleep(1000) }
-        for handle in [out.fileHandleForReading, out.fileHandleForWriting, err.fileHandleForReading, err.fileHandleForWriting] {
-            try? handle.close()
+        guard r.status == 0, !r.timedOut else {
+            let said = r.stderr.split(separator: "\n").map { $0.trimmingCharacters(in: .whitespaces) }.joined(separator: "; ")
+            throw Failure(description: "\(tool) \(arguments.joined(separator: " ")) "
+                + (r.timedOut ? "did not finish within 300 s" : "failed (exit \(r.status))") + (said.isEmpty ? "" : ": \(said)"))
         }
-        guard process.terminationStatus == 0 else {
-            let said = String(decoding: errorData.value ?? Data(), as: UTF8.self)
-                .split(separator: "\n").map { $0.trimmingCharacters(in: .whitespaces) }.joined(separator: "; ")
-            throw Failure(description: "\(tool) \(arguments.joined(separator: " ")) failed (exit \(process.terminationStatus))"
-                + (said.isEmpty ? "" : ": \(said)"))
-        }
-        return String(decoding: output, as: UTF8.self)
-    }
-
-    /// A value set once by another thread.
-    private final class Atomic<T>: @unchecked Sendable {
-        private let lock = NSLock()
-        private var stored: T?
-        private var isDone = false
-        var value: T? {
-            get { lock.withLock { stored } }
-            set { lock.withLock { stored = newValue; isDone = true } }
-        }
-        var done: Bool { lock.withLock { isDone } }
+        return r.stdout
     }
 
     /// The volume `name` names (`VG/LV` or a node of it), as lvs reports it.
