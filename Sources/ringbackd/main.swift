@@ -17,7 +17,7 @@ struct RingbackDaemon: ParsableCommand {
 
             Example: ringbackd --socket /run/ringback/qmp.sock --state-dir /var/lib/ringback
             """,
-        version: "0.1.0")
+        version: RingbackVersion.string)
 
     @Option(help: "Control socket path.")
     var socket: String = QMP.socketPath
@@ -44,6 +44,9 @@ struct RingbackDaemon: ParsableCommand {
     var freezeTimeout: Double = 10
 
     func run() throws {
+        // Read (and cleared from the environment) before any child is spawned.
+        let notifier: ServiceNotify?
+        do { notifier = try ServiceNotify.fromEnvironment() } catch { throw ValidationError("\(error)") }
         var gid: gid_t?
         if let group {
             guard let g = getgrnam(group) else { throw ValidationError("unknown group '\(group)'") }
@@ -57,13 +60,17 @@ struct RingbackDaemon: ParsableCommand {
             ?? CommandLine.arguments[0]
         try daemon.restore(log: { log($0) })
         let server = QMPServer(path: socket, allowedGroup: gid,
-                               greeting: QMP.greeting(major: 0, minor: 1, micro: 0, package: "ringback 0.1.0")) {
+                               greeting: QMP.greeting(major: RingbackVersion.major, minor: RingbackVersion.minor,
+                                                      micro: RingbackVersion.micro, package: "ringback \(RingbackVersion.string)")) {
             command, arguments in
             try daemon.handle(command, Arguments(values: arguments))
         }
         daemon.emit = { [weak server] name, data in server?.broadcast(event: name, data: data) }
         try server.start()
         log("listening on \(socket), state in \(stateDir)")
+        // Type=notify: the service is up once clients can connect.
+        let service = notifier.map { ServiceHeartbeat(notifier: $0, daemon: daemon) }
+        service?.ready()
 
         // Wait for SIGTERM/SIGINT on a dispatch source, then stop cleanly.
         signal(SIGTERM, SIG_IGN)
@@ -81,6 +88,7 @@ struct RingbackDaemon: ParsableCommand {
         // ever stop the daemon.
         withExtendedLifetime(sources) { done.wait() }
         log("stopping: saving bitmaps")
+        service?.stopping()
         server.stop()
         daemon.shutdown()
         log("stopped")
