@@ -19,6 +19,18 @@
 # why" and exits 1. Whatever happens, the daemon, the loop device, the
 # package and the files are removed on exit.
 set -uo pipefail
+
+# A test runner may start this script with signals blocked (Swift tests block
+# SIGTERM in the processes they spawn), and every child would inherit that:
+# SIGTERM would neither stop the daemon nor the helpers. Start over with an
+# empty signal mask, as systemd gives a service.
+if ! grep -Eq '^SigBlk:[[:space:]]+0+$' /proc/$$/status && [[ -z ${RB_INSTALL_TEST_UNMASKED:-} ]]; then
+    export RB_INSTALL_TEST_UNMASKED=1
+    exec /usr/bin/python3 -c 'import os, signal, sys
+signal.pthread_sigmask(signal.SIG_SETMASK, [])
+os.execv(sys.argv[1], sys.argv[1:])' /bin/bash "$0" "$@"
+fi
+
 # shellcheck source-path=SCRIPTDIR source=../scripts/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib.sh"
 
@@ -66,8 +78,7 @@ done
 # --- The installed daemon, started as its unit would start it -----------------
 # The unit's own command line (exec_start, read after the install), and what
 # systemd gives it: its runtime and state folders, umask 0077, $NOTIFY_SOCKET
-# and $WATCHDOG_USEC, and an empty signal mask (a test runner may block
-# SIGTERM in its children).
+# and $WATCHDOG_USEC (the empty signal mask is the script's own, above).
 start_daemon() { # check
     : >"$tmp/notify.log"
     install -d -m 0755 /run/ringback
@@ -75,10 +86,7 @@ start_daemon() { # check
     (
         umask 0077
         export NOTIFY_SOCKET=$notify WATCHDOG_USEC=10000000
-        exec /usr/bin/python3 -c '
-import os, signal, sys
-signal.pthread_sigmask(signal.SIG_SETMASK, [])
-os.execv(sys.argv[1], sys.argv[1:])' "${exec_start[@]}"
+        exec "${exec_start[@]}"
     ) >>"$tmp/ringbackd.log" 2>&1 &
     daemon_pid=$!
     local deadline=$((SECONDS + 120))
@@ -124,7 +132,7 @@ cleanup() {
     local rc=$?
     trap - EXIT INT TERM
     stop_daemon quietly
-    [[ -n $listener_pid ]] && kill "$listener_pid" 2>/dev/null && wait "$listener_pid" 2>/dev/null
+    [[ -n $listener_pid ]] && kill -KILL "$listener_pid" 2>/dev/null && wait "$listener_pid" 2>/dev/null
     status=$(dpkg-query -W -f='${db:Status-Abbrev}' ringback 2>/dev/null || true)
     if [[ -n $status && $status != un* && $status != pn* ]]; then
         dpkg -P ringback >/dev/null 2>&1 || rb_warn "clean-up: dpkg -P ringback failed"
