@@ -133,9 +133,15 @@ final class ServiceNotify: @unchecked Sendable {
 final class ServiceHeartbeat: @unchecked Sendable {
     private let notifier: ServiceNotify
     private let daemon: Daemon
-    /// Time between beats: half the watchdog timeout (sd_watchdog_enabled(3)
-    /// advises pinging at half the interval), else a STATUS refresh.
+    /// Time between beats: at most half the watchdog timeout
+    /// (sd_watchdog_enabled(3) advises pinging at half the interval), and at
+    /// most 5 s, so that STATUS follows the daemon closely.
     let period: TimeInterval
+    /// How long a beat waits for the daemon lock before it calls the daemon
+    /// unresponsive: a quarter of the watchdog timeout (a hold that long is
+    /// no transaction's), so that a busy moment costs no keep-alive and a
+    /// hang still misses enough of them to be restarted.
+    let lockWait: TimeInterval
     private let stopped = DispatchSemaphore(value: 0)
     private let finished = DispatchSemaphore(value: 0)
     private var thread: Thread?
@@ -146,7 +152,9 @@ final class ServiceHeartbeat: @unchecked Sendable {
     init(notifier: ServiceNotify, daemon: Daemon) {
         self.notifier = notifier
         self.daemon = daemon
-        period = notifier.watchdogTimeout.map { max($0 / 2, 0.01) } ?? 5
+        let beat = min(notifier.watchdogTimeout.map { max($0 / 2, 0.01) } ?? 5, 5)
+        period = beat
+        lockWait = notifier.watchdogTimeout.map { max($0 / 4, beat / 2) } ?? beat / 2
     }
 
     /// `READY=1` with the first status, then beats on a thread of its own,
@@ -164,7 +172,7 @@ final class ServiceHeartbeat: @unchecked Sendable {
     }
 
     /// One beat: the watchdog ping only when the daemon's lock was free within
-    /// half a period (a deadlocked daemon is then restarted by the service
+    /// `lockWait` (a deadlocked daemon is then restarted by the service
     /// manager), and STATUS when it changed.
     private func beat() {
         var lines: [String] = []
@@ -173,7 +181,7 @@ final class ServiceHeartbeat: @unchecked Sendable {
             now = healthy
             if notifier.watchdogTimeout != nil { lines.append("WATCHDOG=1") }
         } else {
-            now = "not responding: the daemon lock was not free for \(String(format: "%.1f", period / 2)) s"
+            now = "not responding: the daemon lock was not free for \(String(format: "%.1f", lockWait)) s"
             log("watchdog: \(now); no keep-alive sent")
         }
         if now != lastStatus { lines.append("STATUS=\(now)") }
@@ -182,11 +190,11 @@ final class ServiceHeartbeat: @unchecked Sendable {
     }
 
     /// A one-line summary for `STATUS=`, or nil when the daemon's lock could
-    /// not be taken within half a period (the health check). The job count
+    /// not be taken within `lockWait` (the health check). The job count
     /// is not waited for: the job lock is held for a whole transaction,
     /// hooks included, which is no sign of a hang; the last count stands.
     private func status() -> String? {
-        guard let figures = daemon.trackingFigures(within: period / 2) else { return nil }
+        guard let figures = daemon.trackingFigures(within: lockWait) else { return nil }
         if let jobs = daemon.jobs.activeCount(within: min(0.1, period / 4)) { lastJobCount = jobs }
         return "tracking \(plural(figures.devices, "device")) (\(plural(figures.bitmaps, "bitmap"))), "
             + "\(plural(lastJobCount, "job")) running"
