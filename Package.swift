@@ -103,5 +103,8 @@ let package = Package(
         // LVM tests: the host part boots a small VM (scripts/lvm-vm.sh) that runs
         // the guest part of this same test bundle against real device-mapper.
         .testTarget(name: "LVMTests", dependencies: ["BlockDevices", "ControlProtocol", "TestSupport"]),
+        // The Debian package installed, run, removed and purged on this machine
+        // (packaging/install-test.sh; root and dpkg).
+        .testTarget(name: "PackagingTests", dependencies: ["TestSupport"]),
     ]
 )

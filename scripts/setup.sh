@@ -25,6 +25,10 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 # kmod (depmod, modprobe) and xz-utils build its initramfs from Debian's kernel
 # package (downloaded, not installed); lvm2 and thin-provisioning-tools are
 # what the guest runs, from the host's root filesystem.
+# The Debian package (packaging/build-deb.sh, packaging/install-test.sh):
+# dpkg-dev for dpkg-shlibdeps/dpkg-gencontrol, binutils for readelf/strip,
+# lintian, systemd for systemd-analyze verify (it need not be the running
+# init), man-db for the manual-page checks.
 packages=(
     liburing-dev libblkid-dev libxxhash-dev libzstd-dev zlib1g-dev libsqlite3-dev pkg-config
     qemu-utils fio e2fsprogs util-linux fdisk xfsprogs python3 sqlite3
@@ -32,6 +36,7 @@ packages=(
     python3-venv qemu-system-common passwd
     prometheus
     qemu-system-x86 busybox-static kmod xz-utils lvm2 thin-provisioning-tools
+    dpkg-dev binutils lintian systemd man-db
 )
 
 if ! command -v dpkg-query >/dev/null 2>&1 || ! command -v apt-get >/dev/null 2>&1; then
@@ -83,7 +88,8 @@ problems=()
 for module in liburing blkid libxxhash libzstd zlib sqlite3; do
     pkg-config --exists "$module" || problems+=("pkg-config module $module")
 done
-for tool in qemu-img qemu-storage-daemon qemu-system-x86_64 xz fio losetup mkfs.ext4 mkfs.xfs sfdisk partx python3 sqlite3 setpriv; do
+for tool in qemu-img qemu-storage-daemon qemu-system-x86_64 xz fio losetup mkfs.ext4 mkfs.xfs sfdisk partx python3 sqlite3 setpriv \
+    dpkg-deb dpkg-shlibdeps dpkg-gencontrol readelf strip lintian systemd-analyze man; do
     command -v "$tool" >/dev/null 2>&1 || problems+=("command $tool")
 done
 # faultfs (Tests/tools/faultfs.py) runs under Debian's interpreter, the one

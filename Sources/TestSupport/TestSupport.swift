@@ -251,6 +251,8 @@ public final class DaemonProcess: @unchecked Sendable {
     public let stateDir: String
     public let bootIDFile: String?
     public let extraArguments: [String]
+    /// Variables added to the daemon's environment (e.g. NOTIFY_SOCKET).
+    public let environment: [String: String]
     private var process: Process?
     public private(set) var logPath: String
 
@@ -260,12 +262,13 @@ public final class DaemonProcess: @unchecked Sendable {
     private let directory: TemporaryDirectory
 
     public init(in dir: TemporaryDirectory, stateDir: String? = nil, bootIDFile: String? = nil,
-                extraArguments: [String] = []) throws {
+                extraArguments: [String] = [], environment: [String: String] = [:]) throws {
         directory = dir
         socket = dir.file("qmp.sock")
         self.stateDir = stateDir ?? dir.file("state")
         self.bootIDFile = bootIDFile
         self.extraArguments = extraArguments
+        self.environment = environment
         logPath = dir.file("ringbackd.log")
         try start()
     }
@@ -288,6 +291,9 @@ public final class DaemonProcess: @unchecked Sendable {
         }
         if let bootIDFile { args += ["--boot-id-file", bootIDFile] }
         p.arguments = args + extraArguments
+        if !environment.isEmpty {
+            p.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+        }
         if !FileManager.default.fileExists(atPath: logPath) {
             _ = FileManager.default.createFile(atPath: logPath, contents: nil)
         }

@@ -23,8 +23,10 @@ extension Daemon {
     func handle(_ command: String, _ a: Arguments) throws -> JSONValue {
         switch command {
         case "query-version":
-            return .object(["qemu": .object(["major": .int(0), "minor": .int(1), "micro": .int(0)]),
-                            "package": .string("ringback 0.1.0")])
+            return .object(["qemu": .object(["major": .int(Int64(RingbackVersion.major)),
+                                             "minor": .int(Int64(RingbackVersion.minor)),
+                                             "micro": .int(Int64(RingbackVersion.micro))]),
+                            "package": .string("ringback \(RingbackVersion.string)")])
         case "query-commands":
             return .array(Self.commands.map { .object(["name": .string($0)]) })
         case "query-block":

@@ -41,6 +41,15 @@ final class Daemon: @unchecked Sendable {
 
     var bootID: String { currentBootID(from: bootIDPath) }
 
+    /// The tracked devices and their bitmaps, if the lock comes free within
+    /// `timeout` seconds: the service watchdog's sign that the daemon lives
+    /// (the trackers need this lock for every write they mark).
+    func trackingFigures(within timeout: TimeInterval) -> (devices: Int, bitmaps: Int)? {
+        guard lock.lock(before: Date(timeIntervalSinceNow: timeout)) else { return nil }
+        defer { lock.unlock() }
+        return (nodes.count, nodes.values.reduce(0) { $0 + $1.bitmaps.bitmaps.count })
+    }
+
     func locked<T>(_ body: () throws -> T) rethrows -> T {
         lock.lock()
         defer { lock.unlock() }

@@ -407,6 +407,14 @@ final class JobList: @unchecked Sendable {
     /// Whether any job is still doing something (the daemon waits for none at
     /// shutdown, but says which it interrupts).
     var active: [Job] { locked { jobs.filter { $0.copying } } }
+
+    /// How many jobs copy, if the lock comes free within `timeout` seconds
+    /// (a transaction holds it through its hooks; a status line must not wait).
+    func activeCount(within timeout: TimeInterval) -> Int? {
+        guard lock.lock(before: Date(timeIntervalSinceNow: timeout)) else { return nil }
+        defer { lock.unlock() }
+        return jobs.filter { $0.copying }.count
+    }
 }
 
 /// A chain folder's path as maintenance compares it: absolute, without `.`,

@@ -21,7 +21,7 @@ struct RingbackDaemon: ParsableCommand {
 
             Example: ringbackd --socket /run/ringback/qmp.sock --state-dir /var/lib/ringback
             """,
-        version: "0.1.0")
+        version: RingbackVersion.string)
 
     @Option(help: "Control socket path.")
     var socket: String = QMP.socketPath
@@ -63,6 +63,9 @@ struct RingbackDaemon: ParsableCommand {
     func run() throws {
         if checkConfig { throw ExitCode(checkConfigFile()) }
         telemetry.bootstrap()
+        // Read (and cleared from the environment) before any child is spawned.
+        let notifier: ServiceNotify?
+        do { notifier = try ServiceNotify.fromEnvironment() } catch { throw ValidationError("\(error)") }
         let daemon = Daemon(stateDirectory: stateDir, bootIDPath: bootIdFile, bufferKiB: traceBufferKib)
         // The configuration first: a missing --config file stops the start before anything is touched.
         try FileManager.default.createDirectory(atPath: stateDir, withIntermediateDirectories: true)
@@ -92,7 +95,8 @@ struct RingbackDaemon: ParsableCommand {
                                         interval: telemetry.metricsTextfileInterval)
         try daemon.restore()
         let server = QMPServer(path: socket, allowedGroup: gid,
-                               greeting: QMP.greeting(major: 0, minor: 1, micro: 0, package: "ringback 0.1.0")) {
+                               greeting: QMP.greeting(major: RingbackVersion.major, minor: RingbackVersion.minor,
+                                                      micro: RingbackVersion.micro, package: "ringback \(RingbackVersion.string)")) {
             command, arguments in
             try daemon.handle(command, Arguments(values: arguments))
         }
@@ -101,6 +105,9 @@ struct RingbackDaemon: ParsableCommand {
         logger.info("listening on \(socket), state in \(stateDir)", metadata: ["socket": "\(socket)", "state-dir": "\(stateDir)"])
         metrics.start(daemon: daemon)
         plans.start()
+        // Type=notify: the service is up once clients can connect.
+        let service = notifier.map { ServiceHeartbeat(notifier: $0, daemon: daemon) }
+        service?.ready()
 
         // Wait for SIGTERM/SIGINT on a dispatch source, then stop cleanly.
         signal(SIGTERM, SIG_IGN)
@@ -124,6 +131,7 @@ struct RingbackDaemon: ParsableCommand {
         // ever stop the daemon.
         withExtendedLifetime(sources) { done.wait() }
         logger.info("stopping: saving bitmaps")
+        service?.stopping()
         // No plan run starts any more, and the jobs of those running are all
         // started, so that the shutdown cancels them; then the runs record it.
         plans.beginStop()
