@@ -261,8 +261,13 @@ public final class DaemonProcess: @unchecked Sendable {
     /// instances are this daemon's) outlives the daemon's clean-up.
     private let directory: TemporaryDirectory
 
+    /// Whether ringbackd reads the default /etc/ringback/ringback.toml (only
+    /// for a test of that default); otherwise an empty config of its own.
+    public let readsHostConfig: Bool
+
     public init(in dir: TemporaryDirectory, stateDir: String? = nil, bootIDFile: String? = nil,
-                extraArguments: [String] = [], environment: [String: String] = [:]) throws {
+                extraArguments: [String] = [], environment: [String: String] = [:], readsHostConfig: Bool = false) throws {
+        self.readsHostConfig = readsHostConfig
         directory = dir
         socket = dir.file("qmp.sock")
         self.stateDir = stateDir ?? dir.file("state")
@@ -284,7 +289,7 @@ public final class DaemonProcess: @unchecked Sendable {
         var args = ["--socket", socket, "--state-dir", stateDir]
         // A test's daemon never reads the host's /etc/ringback/ringback.toml
         // (an installed package's plans would run in it): an empty one of its own.
-        if !extraArguments.contains("--config") {
+        if !extraArguments.contains("--config") && !readsHostConfig {
             let empty = directory.file("ringback-empty.toml")
             if !FileManager.default.fileExists(atPath: empty) { _ = FileManager.default.createFile(atPath: empty, contents: Data()) }
             args += ["--config", empty]

@@ -409,7 +409,7 @@ struct PlanTests {
 
         // Without --config: the default path, which is absent on a machine without the package.
         guard !FileManager.default.fileExists(atPath: "/etc/ringback/ringback.toml") else { return }
-        let daemon = try DaemonProcess(in: dir)
+        let daemon = try DaemonProcess(in: dir, readsHostConfig: true)
         defer { daemon.stop() }
         let reply = try plans(daemon)
         #expect(reply["config"]?.stringValue == "/etc/ringback/ringback.toml")
