@@ -20,19 +20,10 @@
 # package and the files are removed on exit.
 set -uo pipefail
 
-# A test runner may start this script with signals blocked (Swift tests block
-# SIGTERM in the processes they spawn), and every child would inherit that:
-# SIGTERM would neither stop the daemon nor the helpers. Start over with an
-# empty signal mask, as systemd gives a service.
-if ! grep -Eq '^SigBlk:[[:space:]]+0+$' /proc/$$/status && [[ -z ${RB_INSTALL_TEST_UNMASKED:-} ]]; then
-    export RB_INSTALL_TEST_UNMASKED=1
-    exec /usr/bin/python3 -c 'import os, signal, sys
-signal.pthread_sigmask(signal.SIG_SETMASK, [])
-os.execv(sys.argv[1], sys.argv[1:])' /bin/bash "$0" "$@"
-fi
-
 # shellcheck source-path=SCRIPTDIR source=../scripts/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib.sh"
+# Children must not inherit blocked signals (a Swift test starts this one so).
+rb_exec_with_signals_unblocked "$@"
 
 deb=
 scratch_args=()

@@ -19,16 +19,10 @@
 # removed on exit, whatever happens.
 set -uo pipefail
 
-# Children must not inherit blocked signals (see install-test.sh).
-if ! grep -Eq '^SigBlk:[[:space:]]+0+$' /proc/$$/status && [[ -z ${RB_SYSTEMD_TEST_UNMASKED:-} ]]; then
-    export RB_SYSTEMD_TEST_UNMASKED=1
-    exec /usr/bin/python3 -c 'import os, signal, sys
-signal.pthread_sigmask(signal.SIG_SETMASK, [])
-os.execv(sys.argv[1], sys.argv[1:])' /bin/bash "$0" "$@"
-fi
-
 # shellcheck source-path=SCRIPTDIR source=../scripts/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib.sh"
+# Children must not inherit blocked signals (a Swift test starts this one so).
+rb_exec_with_signals_unblocked "$@"
 
 deb=
 scratch_args=()

@@ -39,3 +39,16 @@ rb_scratch_args() {
         RB_SCRATCH=(--scratch-path "$RINGBACK_SCRATCH_PATH")
     fi
 }
+
+# Starts the calling script over with an empty signal mask. A test runner may
+# start it with signals blocked (Swift tests block SIGTERM in the processes
+# they spawn) and every child would inherit that: SIGTERM would stop neither a
+# daemon nor a helper. Call it first thing, with the script's own arguments.
+rb_exec_with_signals_unblocked() {
+    grep -Eq '^SigBlk:[[:space:]]+0+$' /proc/$$/status && return 0
+    [[ -n ${RB_SIGNALS_UNBLOCKED:-} ]] && return 0
+    export RB_SIGNALS_UNBLOCKED=1
+    exec /usr/bin/python3 -c 'import os, signal, sys
+signal.pthread_sigmask(signal.SIG_SETMASK, [])
+os.execv(sys.argv[1], sys.argv[1:])' /bin/bash "$0" "$@"
+}
